@@ -1,0 +1,1 @@
+"""The dpctl command line."""

@@ -1,0 +1,160 @@
+"""Plans as rows (pure functions) and rows as Rich tables (one helper)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dpctl_ray.planner.inventory import number
+from dpctl_ray.planner.model import NodeUse, Plan
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+_HEX_ID = re.compile(r"^[0-9a-f]{20,}$")
+FREE = "·"
+BUSY = "x"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A table column: header and alignment."""
+
+    header: str
+    justify: str = "left"
+    no_wrap: bool = False
+
+
+def short_ids(ids: Iterable[str], minimum: int = 8) -> dict[str, str]:
+    """Ray's 56-hex node ids cut to the shortest prefix (at least `minimum`) that stays unique; names kept."""
+    ids = list(dict.fromkeys(ids))
+    hexes = [i for i in ids if _HEX_ID.match(i)]
+    out = {i: i for i in ids}
+    if not hexes:
+        return out
+    length = minimum
+    while length < max(len(h) for h in hexes) and len({h[:length] for h in hexes}) < len(hexes):
+        length += 2
+    for h in hexes:
+        out[h] = h[:length]
+    return out
+
+
+def plan_title(plan: Plan) -> str:
+    """One line saying what the plan is."""
+    s = plan.spec
+    master = next(u.node for u in plan.nodes if u.node.id == s.master)
+    short = short_ids([master.id])[master.id]
+    shape = f"TP {s.tp}" + (f" x PP {s.pp}" if s.pp > 1 else "")
+    nodes_used = sum(1 for u in plan.nodes if u.device_ranks)
+    return (
+        f"{plan.name}: {s.dp} rank{'s' if s.dp != 1 else ''} of {shape} "
+        f"({s.dp * s.world_size} {s.device} on {nodes_used} node{'s' if nodes_used != 1 else ''}), "
+        f"pack {s.pack}, dp_local {s.dp_local}, master {short} ({master.ip})"
+    )
+
+
+def rank_rows(plan: Plan) -> list[tuple[str, ...]]:
+    """rank, local rank, node(s), ip(s), devices, strategy."""
+    ips = {u.node.id: u.node.ip for u in plan.nodes}
+    names = short_ids(u.node.id for u in plan.nodes)
+    device = plan.spec.device
+    rows: list[tuple[str, ...]] = []
+    for r in plan.ranks:
+        devices = "+".join(map(str, r.devices)) + f" {device}"
+        rows.append(
+            (
+                str(r.rank),
+                str(r.local_rank),
+                ", ".join(names[n] for n in r.nodes),
+                ", ".join(ips.get(n, "?") for n in r.nodes),
+                devices,
+                r.strategy,
+            )
+        )
+    return rows
+
+
+RANK_COLUMNS = (
+    Column("rank", "right"),
+    Column("local", "right"),
+    Column("node"),
+    Column("ip"),
+    Column("devices"),
+    Column("strategy"),
+)
+
+
+def device_map(use: NodeUse, device: str) -> str:
+    """One cell per device: the rank that holds it, `x` in use by others, `·` free."""
+    total = max(use.node.total_devices(device), use.node.free_devices(device), len(use.device_ranks))
+    busy = total - use.node.free_devices(device)
+    cells = [BUSY] * busy + [str(r) for r in use.device_ranks]
+    cells += [FREE] * (total - len(cells))
+    width = max((len(c) for c in cells), default=1)
+    return " ".join(c.rjust(width) for c in cells)
+
+
+def node_rows(plan: Plan) -> list[tuple[str, ...]]:
+    """node, ip, role, devices planned/free, CPUs planned/free, device map; nodes without the device left out."""
+    device = plan.spec.device
+    names = short_ids(u.node.id for u in plan.nodes)
+    rows: list[tuple[str, ...]] = []
+    for use in plan.nodes:
+        node = use.node
+        if node.total_devices(device) == 0 and not use.device_ranks:
+            continue
+        role = ", ".join(role for role, on in (("master", node.id == plan.spec.master), ("head", node.head)) if on)
+        rows.append(
+            (
+                names[node.id],
+                node.ip,
+                role,
+                f"{len(use.device_ranks)}/{node.free_devices(device)}",
+                f"{number(use.planned_cpus)}/{number(node.available.get('CPU', 0.0))}",
+                device_map(use, device),
+            )
+        )
+    return rows
+
+
+def node_columns(device: str) -> tuple[Column, ...]:
+    """Columns of the per-node summary."""
+    return (
+        Column("node"),
+        Column("ip"),
+        Column("role"),
+        Column(f"{device} plan/free", "right"),
+        Column("CPU plan/free", "right"),
+        Column("devices (rank; x busy, · free)", no_wrap=True),
+    )
+
+
+def table(
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+    limit: int | None = None,
+    what: str = "rows",
+) -> RenderableType:
+    """The one Rich table helper: plain cells (never markup), a title line, at most `limit` rows."""
+    from rich import box  # noqa: PLC0415 - JSON output never imports Rich
+    from rich.console import Group  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for c in columns:
+        t.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap)  # type: ignore[arg-type]
+    shown = rows if limit is None or len(rows) <= limit else rows[:limit]
+    for row in shown:
+        t.add_row(*(Text(cell) for cell in row))
+    if len(shown) < len(rows):
+        t.caption = f"... {len(rows) - len(shown)} more {what} (--full shows all; -o json gives the document)"
+        t.caption_justify = "left"
+    if title is None:
+        return t
+    return Group(Text(title, style="bold"), t)

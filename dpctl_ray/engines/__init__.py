@@ -1,0 +1,1 @@
+"""Engine actors: the code that runs on cluster nodes."""

@@ -1,0 +1,144 @@
+"""Finding the Ray cluster (flag > config > RAY_ADDRESS > local cluster), connecting, and snapshotting its nodes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpctl_ray.config import ClusterConfig
+from dpctl_ray.errors import ClusterUnreachable
+from dpctl_ray.launcher import local
+from dpctl_ray.planner.model import Node
+
+NAMESPACE = "dpctl"
+# Ray's own record of the cluster `ray start --head` last started on this machine (default temp dir).
+RAY_CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # noqa: S108 - Ray's fixed path
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The cluster a command talks to, how it was found, and the environment Ray needs for it."""
+
+    address: str
+    source: str
+    env: dict[str, str] = field(default_factory=dict)
+    local: local.LocalState | None = None
+
+
+def resolve(cluster: ClusterConfig, *, start_local: bool, say: Callable[[str], None]) -> Target:
+    """Pick the cluster: explicit address (flag or config), RAY_ADDRESS, the local cluster, Ray's own, or start one."""
+    address = cluster.address
+    if address == "local":
+        return _local(cluster, start_local, say, "cluster.address")
+    if address != "auto":
+        return _explicit(address, "--address / cluster.address")
+    env_address = os.environ.get("RAY_ADDRESS", "").strip()
+    if env_address and env_address != "auto":
+        return _explicit(env_address, "RAY_ADDRESS")
+    state = local.running_state()
+    if state is not None:
+        return Target(state.address, "local cluster", state.env(), state)
+    if RAY_CURRENT_CLUSTER.is_file():
+        current = RAY_CURRENT_CLUSTER.read_text().strip()
+        if current and local.port_open(current):
+            return _explicit(current, "the Ray cluster running on this machine")
+    if start_local:
+        return _local(cluster, start_local, say, "")
+    raise ClusterUnreachable(
+        "no Ray cluster found (no --address, cluster.address or RAY_ADDRESS, and no local cluster running)",
+        hint="start one with `dpctl cluster up`, pass --address HOST:PORT, or plan offline with --inventory FILE",
+    )
+
+
+def _explicit(address: str, source: str) -> Target:
+    if not local.port_open(address, timeout=3.0):
+        raise ClusterUnreachable(
+            f"no Ray cluster answers at {address} (from {source})",
+            hint="check the address and that the head node is up; `ray status --address` should answer",
+        )
+    env: dict[str, str] = {}
+    token = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.environ.get("RAY_AUTH_TOKEN")
+    if "RAY_AUTH_MODE" not in os.environ and (token or (Path.home() / ".ray" / "auth_token").is_file()):
+        # Token auth: `address="auto"` picks it up, an explicit address needs the mode set (DESIGN.md).
+        env["RAY_AUTH_MODE"] = "token"
+    return Target(address, source, env)
+
+
+def _local(cluster: ClusterConfig, start_local: bool, say: Callable[[str], None], why: str) -> Target:
+    state = local.running_state()
+    if state is None:
+        if not start_local:
+            raise ClusterUnreachable(
+                "no local cluster is running" + (f" ({why} is local)" if why else ""),
+                hint="start it with `dpctl cluster up`",
+            )
+        shape = cluster.local
+        say(
+            f"no Ray cluster running: starting a local one (head + {shape.nodes} worker nodes, "
+            f"{shape.gpus_per_node} GPU and {shape.cpus_per_node} CPU each); `dpctl cluster down` stops it"
+        )
+        state = local.start(shape, say)
+        return Target(state.address, "local cluster (started)", state.env(), state)
+    return Target(state.address, "local cluster", state.env(), state)
+
+
+@contextmanager
+def connect(
+    cluster: ClusterConfig, *, start_local: bool = False, say: Callable[[str], None] = lambda _: None
+) -> Iterator[Target]:
+    """Resolve and join the cluster as a driver in the `dpctl` namespace; leave it on exit."""
+    target = resolve(cluster, start_local=start_local, say=say)
+    os.environ.update(target.env)  # before `import ray`: Ray reads its auth settings at import
+    if target.local is not None:
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+    import ray  # noqa: PLC0415 - offline commands never import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        ray.init(
+            address=target.address,
+            namespace=NAMESPACE,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterUnreachable(
+            f"cannot join the Ray cluster at {target.address} ({target.source}): {str(exc).splitlines()[0]}",
+            hint="with token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or ~/.ray/auth_token)",
+        ) from None
+    try:
+        yield target
+    finally:
+        ray.shutdown()
+
+
+def snapshot() -> tuple[Node, ...]:
+    """Alive nodes with totals, free resources and labels, from the GCS (no dashboard needed)."""
+    import ray  # noqa: PLC0415
+    from ray._private.state import state as gcs_state  # noqa: PLC0415 - per-node availability; public API needs the dashboard
+
+    available = gcs_state.available_resources_per_node()
+    nodes = []
+    for raw in ray.nodes():
+        if not raw.get("Alive"):
+            continue
+        node_id = raw["NodeID"]
+        totals = raw.get("Resources", {})
+        resources = {k: float(v) for k, v in totals.items() if not k.startswith("node:")}
+        free = available.get(node_id, {})
+        nodes.append(
+            Node(
+                id=node_id,
+                ip=raw["NodeManagerAddress"],
+                head="node:__internal_head__" in totals,
+                resources=resources,
+                available={k: float(free.get(k, 0.0)) for k in resources},
+                labels={k: v for k, v in raw.get("Labels", {}).items() if k != "ray.io/node-id"},
+            )
+        )
+    return tuple(nodes)

@@ -1,0 +1,328 @@
+"""A multi-node Ray cluster on this machine: one `ray start --block` per node, each on its own loopback address."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dpctl_ray.config import LocalCluster
+from dpctl_ray.errors import BadInput, LaunchFailed
+
+OBJECT_STORE_BYTES = 128 * 1024 * 1024  # per node; Ray's default (30% of RAM per node) is wasted on 8 simulated nodes
+NODE_START_TIMEOUT = 60.0
+
+
+def home() -> Path:
+    """Dpctl's own state directory: $DPCTL_HOME, else ~/.dpctl."""
+    return Path(os.environ.get("DPCTL_HOME") or Path.home() / ".dpctl").expanduser()
+
+
+def state_path() -> Path:
+    """Where the local cluster's record (address, token, PIDs) lives."""
+    return home() / "local-cluster.json"
+
+
+@dataclass(slots=True)
+class LocalNode:
+    """One `ray start --block` process: its supervisor PID owns the node's raylet, workers and (head) GCS."""
+
+    name: str
+    ip: str
+    pid: int
+    head: bool
+    gpus: int
+    cpus: int
+    log: str
+
+
+@dataclass(slots=True)
+class LocalState:
+    """The record `cluster up` writes as it goes, so `cluster down` finds every process it started."""
+
+    address: str
+    temp_dir: str
+    token_file: str
+    simulated_gpus: bool
+    shape: dict[str, int]
+    nodes: list[LocalNode] = field(default_factory=list)
+    started: float = 0.0
+
+    def save(self) -> None:
+        """Write the record atomically (a crash mid-write must not lose the PIDs)."""
+        path = state_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    def env(self) -> dict[str, str]:
+        """What a process needs in its environment to talk to this cluster (token auth)."""
+        return auth_env(self.token_file)
+
+
+def auth_env(token_file: str) -> dict[str, str]:
+    """Token auth with this cluster's own token, whatever the user's Ray settings are."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_file}
+
+
+def load_state() -> LocalState | None:
+    """The local cluster's record, or None when none was started from this DPCTL_HOME."""
+    try:
+        raw = json.loads(state_path().read_text())
+        nodes = [LocalNode(**n) for n in raw.pop("nodes")]
+        return LocalState(**raw, nodes=nodes)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadInput(
+            f"the local cluster record {state_path()} is unreadable ({exc})",
+            hint="stop its Ray processes by hand and delete the file",
+        ) from None
+
+
+def running_state() -> LocalState | None:
+    """The local cluster's record if its head is alive and answering, else None."""
+    state = load_state()
+    if state is None or not state.nodes or not _alive(state.nodes[0].pid):
+        return None
+    return state if port_open(state.address) else None
+
+
+def port_open(address: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at host:port (cheap check before ray.init, which hangs)."""
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("ray://")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def detect_gpus() -> int:
+    """Real NVIDIA GPUs on this machine (0 when there are none or no driver)."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def start(shape: LocalCluster, say: Callable[[str], None]) -> LocalState:
+    """Start a head and `shape.nodes` workers, one at a time (parallel `ray start` races for ports)."""
+    existing = load_state()
+    if existing is not None:
+        if running_state() is not None:
+            raise BadInput(
+                f"a local cluster is already running at {existing.address}",
+                hint="`dpctl cluster status` shows it; `dpctl cluster down` stops it",
+            )
+        stop(existing, say=lambda _: None)
+    real_gpus = detect_gpus()
+    simulated = real_gpus == 0
+    base = home()
+    base.mkdir(parents=True, exist_ok=True)
+    token_file = base / "auth_token"
+    if not token_file.exists():
+        token_file.write_text(secrets.token_hex(32))
+        token_file.chmod(0o600)
+    # Ray's socket paths must stay under ~107 bytes: keep its temp dir short, and unique to this DPCTL_HOME.
+    temp_dir = f"/tmp/dpctl-{hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:10]}"  # noqa: S108 - short on purpose, see above
+    port = _free_port()
+    state = LocalState(
+        address="",
+        temp_dir=temp_dir,
+        token_file=str(token_file),
+        simulated_gpus=simulated,
+        shape={"nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node, "cpus_per_node": shape.cpus_per_node},
+        started=time.time(),
+    )
+    if simulated and shape.gpus_per_node:
+        say(
+            f"no GPU on this machine: each worker node gets {shape.gpus_per_node} simulated GPUs "
+            "(a Ray resource only; engines see device ids but no device)"
+        )
+    elif shape.gpus_per_node:
+        say(f"{real_gpus} GPUs on this machine, shared out {shape.gpus_per_node} per worker node")
+    try:
+        head_args = [
+            *("--head", "--port", str(port), "--temp-dir", temp_dir),
+            # No dashboard; its port must not clash with another Ray cluster on this machine either.
+            *("--include-dashboard", "false", "--dashboard-port", str(_free_port())),
+        ]
+        head = _start_node(state, "head", None, 0, 1, head_args)
+        state.address = f"{_head_ip(head)}:{port}"
+        state.save()
+        say(f"started head at {state.address}")
+        for i in range(shape.nodes):
+            ip = f"127.0.0.{i + 2}"
+            gpus = shape.gpus_per_node
+            visible = None
+            if not simulated:
+                first = i * gpus
+                visible = ",".join(str(g) for g in range(first, min(first + gpus, real_gpus)))
+                gpus = len(visible.split(",")) if visible else 0
+            _start_node(
+                state,
+                f"worker-{i + 1}",
+                visible,
+                gpus,
+                shape.cpus_per_node,
+                # One machine, one session directory: the head's log monitor already reads every node's logs.
+                ["--address", state.address, "--node-ip-address", ip, "--include-log-monitor", "false"],
+            )
+            state.save()
+            say(
+                f"started worker-{i + 1} at {ip} ({gpus} {'simulated ' if simulated else ''}GPU, "
+                f"{shape.cpus_per_node} CPU)"
+            )
+    except BaseException:
+        stop(state, say=lambda _: None)
+        raise
+    return state
+
+
+def stop(state: LocalState, say: Callable[[str], None]) -> list[int]:
+    """Stop exactly the processes this cluster started: its supervisors, then anything left in its temp dir."""
+    ours = [n for n in state.nodes if _is_ours(n.pid, state)]
+    workers = [n for n in ours if not n.head]
+    # Workers drain in about a second on SIGTERM; the head would drain for 30 s, and nothing is left to save.
+    for node in workers:
+        _signal_group(node.pid, signal.SIGTERM)
+    _wait_gone([n.pid for n in workers], timeout=10.0)
+    for node in ours:
+        _signal_group(node.pid, signal.SIGKILL)
+    _wait_gone([n.pid for n in ours], timeout=5.0)
+    stopped = [n.pid for n in ours]
+    # Ray processes outside the supervisors' process groups: matched by this cluster's own temp dir.
+    for pid in _pids_using(state.temp_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        stopped.append(pid)
+    for node in state.nodes:
+        say(f"stopped {node.name} ({node.ip or '?'}, pid {node.pid})")
+    with contextlib.suppress(FileNotFoundError):
+        state_path().unlink()
+    shutil.rmtree(state.temp_dir, ignore_errors=True)
+    return stopped
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+
+
+def _start_node(state: LocalState, name: str, visible: str | None, gpus: int, cpus: int, args: list[str]) -> LocalNode:
+    log = home() / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **state.env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_ADDRESS", None)
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    ray = str(Path(sys.executable).with_name("ray"))
+    if not Path(ray).exists():
+        ray = shutil.which("ray") or "ray"
+    argv = [
+        ray,
+        "start",
+        "--block",
+        "--disable-usage-stats",
+        "--num-cpus",
+        str(cpus),
+        "--num-gpus",
+        str(gpus),
+        "--object-store-memory",
+        str(OBJECT_STORE_BYTES),
+        *args,
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own argv
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: Ctrl-C in this terminal does not stop the cluster
+        )
+    node = LocalNode(name=name, ip="", pid=proc.pid, head=name == "head", gpus=gpus, cpus=cpus, log=str(log))
+    state.nodes.append(node)
+    deadline = time.monotonic() + NODE_START_TIMEOUT
+    while "Ray runtime started" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+            raise LaunchFailed(f"could not start the local cluster's {name}: {tail}", hint=f"full log: {log}")
+        time.sleep(0.1)
+    node.ip = args[args.index("--node-ip-address") + 1] if "--node-ip-address" in args else ""
+    return node
+
+
+def _head_ip(head: LocalNode) -> str:
+    text = Path(head.log).read_text(errors="replace")
+    for line in text.splitlines():
+        if "Local node IP:" in line:
+            head.ip = line.rsplit(":", 1)[1].strip()
+            return head.ip
+    head.ip = "127.0.0.1"
+    return head.ip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped by the process that started it, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_ours(pid: int, state: LocalState) -> bool:
+    """Guard against PID reuse: the process must still be a `ray start` of this cluster."""
+    cmd = _cmdline(pid)
+    return " start " in cmd and (state.temp_dir in cmd or (bool(state.address) and state.address in cmd))
+
+
+def _pids_using(temp_dir: str) -> Iterator[int]:
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != me and temp_dir in _cmdline(int(entry.name)):
+            yield int(entry.name)

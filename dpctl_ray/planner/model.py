@@ -1,0 +1,213 @@
+"""The planner's vocabulary: frozen inputs (nodes, placement spec) and outputs (plan or infeasible)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+Pack = Literal["strict", "fill", "span"]
+PACKS: tuple[Pack, ...] = ("strict", "fill", "span")
+
+# Ray placement strategy per pack mode: one rank per node, or a rank over several nodes.
+STRATEGY: Mapping[str, str] = {"strict": "STRICT_PACK", "fill": "STRICT_PACK", "span": "PACK"}
+
+# Resource amounts are compared in Ray's own granularity (1/10000 of a unit), so 0.1 + 0.2 fits in 0.3.
+_GRANULARITY = 10_000
+
+
+def units(amount: float) -> int:
+    """An amount of a resource in Ray's fixed-point units."""
+    return round(amount * _GRANULARITY)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One cluster node as the planner sees it: identity, totals and what is free now."""
+
+    id: str
+    ip: str
+    head: bool = False
+    resources: Mapping[str, float] = field(default_factory=dict)
+    available: Mapping[str, float] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def free_devices(self, device: str) -> int:
+        """Whole free devices; a fractional remainder (another job's 0.5 GPU) is not a device."""
+        return int(units(self.available.get(device, 0.0)) // _GRANULARITY)
+
+    def total_devices(self, device: str) -> int:
+        """Whole devices the node has in all."""
+        return int(units(self.resources.get(device, 0.0)) // _GRANULARITY)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """What the user asked for: `dp` ranks of `tp x pp` devices, and how to pack them."""
+
+    dp: int
+    tp: int = 1
+    pp: int = 1
+    dp_local: int | None = None  # None: as many as fit on the master
+    pack: Pack = "strict"
+    device: str = "GPU"
+    master: str = "auto"
+    nodes: tuple[str, ...] = ()  # allow-list of node ids or ips; empty = all
+    cpus: float = 1.0
+
+    @property
+    def world_size(self) -> int:
+        """Devices one rank needs."""
+        return self.tp * self.pp
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    """Everything `plan()` reads: the deployment name, the spec and a snapshot of the nodes."""
+
+    name: str
+    spec: Placement
+    nodes: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """One placement-group bundle, pinned to a node."""
+
+    node: str
+    resources: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RankPlacement:
+    """Where one DP rank goes: its nodes, how many of its devices each holds, and the engine actor's node."""
+
+    rank: int
+    local_rank: int
+    strategy: str
+    nodes: tuple[str, ...]
+    devices: tuple[int, ...]  # per entry of `nodes`
+    control: str  # node of the control bundle, where the engine actor sits
+
+    def bundles(self, device: str, cpus: float) -> tuple[Bundle, ...]:
+        """The placement group's bundles: one per device, node by node, then the control bundle."""
+        one = ((device, 1.0),)
+        per_device = [
+            Bundle(node, one) for node, count in zip(self.nodes, self.devices, strict=True) for _ in range(count)
+        ]
+        return (*per_device, Bundle(self.control, (("CPU", cpus),)))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUse:
+    """A node with what the plan puts on it: per device slot, the rank that holds it."""
+
+    node: Node
+    device_ranks: tuple[int, ...]  # one entry per planned device, in rank order
+    planned_cpus: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSpec:
+    """The spec with `auto` resolved against the cluster: the dp_local and master the plan used."""
+
+    dp: int
+    dp_local: int
+    tp: int
+    pp: int
+    pack: Pack
+    device: str
+    cpus: float
+    master: str
+    nodes: tuple[str, ...]
+
+    @property
+    def world_size(self) -> int:
+        """Devices one rank needs."""
+        return self.tp * self.pp
+
+
+class SkipReason(str, Enum):
+    """Why a node holds none of the ranks it could have held."""
+
+    NOT_ALLOWED = "not_allowed"  # not in the allow-list
+    NO_DEVICE = "no_device"  # has none of the device resource at all
+    TOO_FEW_DEVICES = "too_few_devices"  # free devices below what one rank (or dp_local ranks) needs
+    TOO_FEW_CPUS = "too_few_cpus"  # devices fit, the control bundle's CPUs do not
+    HETEROGENEOUS = "heterogeneous"  # span: free devices differ from the master's
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A node the plan passed over, with what it has and what it would have needed."""
+
+    node: str
+    ip: str
+    reason: SkipReason
+    free_devices: int = 0
+    free_cpus: float = 0.0
+    need_devices: int = 0
+    need_cpus: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What one node still has free after the ranks placed so far."""
+
+    node: str
+    ip: str
+    free_devices: int
+    free_cpus: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A feasible placement: ranks 0..dp-1 in order, node usage, and the cluster state it assumed."""
+
+    name: str
+    spec: ResolvedSpec
+    ranks: tuple[RankPlacement, ...]
+    nodes: tuple[NodeUse, ...]
+    skipped: tuple[Skip, ...]
+    warnings: tuple[str, ...]
+    fingerprint: str
+
+    def bundles(self, rank: RankPlacement) -> tuple[Bundle, ...]:
+        """A rank's placement-group bundles under this plan's device and control-bundle CPUs."""
+        return rank.bundles(self.spec.device, self.spec.cpus)
+
+
+class InfeasibleCode(str, Enum):
+    """Why no plan exists."""
+
+    NO_NODES = "no_nodes"  # the inventory (or allow-list) leaves no node with the device
+    MASTER_UNKNOWN = "master_unknown"  # no node has that id or ip
+    MASTER_AMBIGUOUS = "master_ambiguous"  # an ip shared by several nodes
+    MASTER_UNUSABLE = "master_unusable"  # the master is skipped (allow-list, no device)
+    MASTER_CANNOT_FIT = "master_cannot_fit"  # fewer than dp_local ranks fit on the master
+    SPAN_TOO_SMALL = "span_too_small"  # world_size fits on one node: span is the wrong mode
+    SPAN_UNEVEN = "span_uneven"  # world_size is not a multiple of the devices per node
+    INSUFFICIENT = "insufficient"  # ranks left over when the nodes ran out
+
+
+@dataclass(frozen=True, slots=True)
+class Infeasible:
+    """No plan: the first rank that could not be placed, what it needs, the best offer, and skipped nodes."""
+
+    name: str
+    code: InfeasibleCode
+    spec: Placement
+    rank: int | None  # first rank not placed (None when nothing could be tried)
+    placed: int
+    need_devices: int
+    need_cpus: float
+    best: Offer | None
+    skipped: tuple[Skip, ...]
+    master: str | None = None  # node id, once chosen
+    dp_local: int | None = None  # ranks per node in strict mode, once resolved
+    detail: str = ""  # the user-given value the code refers to (a master name, ...)
+    fingerprint: str = ""
+
+
+PlanResult = Plan | Infeasible

@@ -1,0 +1,490 @@
+"""plan(request): DP ranks onto nodes for the strict, fill and span pack modes, as named steps."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from dpctl_ray.errors import BadInput
+from dpctl_ray.planner.model import (
+    PACKS,
+    STRATEGY,
+    Infeasible,
+    InfeasibleCode,
+    Node,
+    NodeUse,
+    Offer,
+    Placement,
+    Plan,
+    PlanRequest,
+    RankPlacement,
+    ResolvedSpec,
+    Skip,
+    SkipReason,
+    units,
+)
+
+
+class SpecError(BadInput):
+    """A placement value no cluster could satisfy (dp_local > dp, cpus <= 0, ...): bad input."""
+
+    default_code = "bad_spec"
+
+
+def plan(request: PlanRequest) -> Plan | Infeasible:
+    """Place ranks 0..dp-1; the same request always gives the same plan, whatever the node order."""
+    spec = request.spec
+    check_spec(spec)
+    fingerprint = cluster_fingerprint(request.nodes, spec.device)
+    ordered = sorted(request.nodes, key=node_order_key)
+    candidates, skipped, warnings = _filter_nodes(ordered, spec)
+    ledger = _Ledger.of(candidates, spec)
+    master = _choose_master(request, candidates, skipped, ledger, fingerprint)
+    if isinstance(master, Infeasible):
+        return master
+    order = [master, *(n for n in candidates if n is not master)]
+    if spec.pack == "span":
+        placed = _place_span(request, order, skipped, ledger, fingerprint)
+    else:
+        placed = _place_packed(request, order, skipped, ledger, fingerprint)
+    if isinstance(placed, Infeasible):
+        return placed
+    ranks, dp_local = placed
+    resolved = ResolvedSpec(
+        dp=spec.dp,
+        dp_local=dp_local,
+        tp=spec.tp,
+        pp=spec.pp,
+        pack=spec.pack,
+        device=spec.device,
+        cpus=spec.cpus,
+        master=master.id,
+        nodes=spec.nodes,
+    )
+    return Plan(
+        name=request.name,
+        spec=resolved,
+        ranks=tuple(ranks),
+        nodes=node_uses((master, *(n for n in ordered if n is not master)), ranks, spec.cpus),
+        skipped=tuple(skipped),
+        warnings=tuple(warnings),
+        fingerprint=fingerprint,
+    )
+
+
+def check_spec(spec: Placement) -> None:
+    """Reject values that are wrong whatever the cluster; each error names its key."""
+
+    def positive(key: str, value: object) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SpecError(f"placement.{key}: must be a positive integer, got {value!r}")
+
+    positive("dp", spec.dp)
+    positive("tp", spec.tp)
+    positive("pp", spec.pp)
+    if spec.dp_local is not None:
+        positive("dp_local", spec.dp_local)
+        if spec.dp_local > spec.dp:
+            raise SpecError(
+                f"placement.dp_local: must be at most placement.dp ({spec.dp}), got {spec.dp_local}",
+                hint="lower --dp-local, raise --dp, or use dp_local: auto",
+            )
+    if spec.pack not in PACKS:
+        raise SpecError(
+            f"placement.pack: must be one of {', '.join(PACKS)}, got {spec.pack!r}",
+        )
+    if spec.pack == "span" and spec.dp_local not in (None, 1):
+        raise SpecError(
+            f"placement.dp_local: must be 1 (or auto) with pack span, got {spec.dp_local}",
+            hint="a span rank takes whole nodes, so each node hosts part of one rank",
+        )
+    if not spec.device:
+        raise SpecError("placement.device: must name a Ray resource, got ''")
+    if not isinstance(spec.cpus, (int, float)) or not math.isfinite(spec.cpus) or units(spec.cpus) <= 0:
+        raise SpecError(f"placement.cpus: must be a number above 0, got {spec.cpus!r}")
+    if not spec.master:
+        raise SpecError("placement.master: must be auto, a node id or an ip, got ''")
+
+
+def cluster_fingerprint(nodes: Iterable[Node], device: str) -> str:
+    """A digest of what planning reads (ids, ips, head, free devices and CPUs); a changed cluster changes it."""
+    rows = sorted(
+        f"{n.id}\t{n.ip}\t{n.head:d}\t{units(n.available.get(device, 0.0))}\t{units(n.available.get('CPU', 0.0))}"
+        for n in nodes
+    )
+    return hashlib.sha256("\n".join([f"v1\t{device}", *rows]).encode()).hexdigest()[:16]
+
+
+def node_order_key(node: Node) -> tuple[int, tuple[int, ...], str, str]:
+    """Nodes after the master: by IP address (numerically; IPv4 before IPv6, unparsable last), then id."""
+    ip = node.ip
+    parts = ip.split(".")
+    if len(parts) == 4:
+        try:
+            return (0, tuple(map(int, parts)), "", node.id)
+        except ValueError:
+            pass
+    if ":" in ip:
+        try:
+            import ipaddress  # noqa: PLC0415 - rare path; keeps the IPv4 fast path import-free
+
+            return (1, tuple(ipaddress.IPv6Address(ip).packed), "", node.id)
+        except ValueError:
+            pass
+    return (2, (), ip, node.id)
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+
+def _filter_nodes(ordered: Sequence[Node], spec: Placement) -> tuple[list[Node], list[Skip], list[str]]:
+    """Step 1: keep nodes in the allow-list that have the device at all; say why the others are out."""
+    allowed = set(spec.nodes)
+    seen: set[str] = set()
+    candidates: list[Node] = []
+    skipped: list[Skip] = []
+    for node in ordered:
+        if allowed:
+            hit = {node.id, node.ip} & allowed
+            seen |= hit
+            if not hit:
+                skipped.append(_skip(node, SkipReason.NOT_ALLOWED, spec))
+                continue
+        if node.total_devices(spec.device) == 0 and node.free_devices(spec.device) == 0:
+            skipped.append(_skip(node, SkipReason.NO_DEVICE, spec))
+            continue
+        candidates.append(node)
+    warnings = [f"placement.nodes: {entry!r} matches no node id or ip" for entry in spec.nodes if entry not in seen]
+    return candidates, skipped, warnings
+
+
+def _choose_master(
+    request: PlanRequest,
+    candidates: list[Node],
+    skipped: list[Skip],
+    ledger: _Ledger,
+    fingerprint: str,
+) -> Node | Infeasible:
+    """Step 2: the master is named (id, else a unique ip) or, for auto, the head when it can host a rank."""
+    spec = request.spec
+
+    def infeasible(code: InfeasibleCode, detail: str = "") -> Infeasible:
+        return Infeasible(
+            name=request.name,
+            code=code,
+            spec=spec,
+            rank=0,
+            placed=0,
+            need_devices=ledger.need_devices,
+            need_cpus=spec.cpus,
+            best=ledger.best_offer(candidates),
+            skipped=tuple(skipped),
+            detail=detail,
+            fingerprint=fingerprint,
+        )
+
+    if spec.master == "auto":
+        if not candidates:
+            return infeasible(InfeasibleCode.NO_NODES)
+        heads = [n for n in candidates if n.head and ledger.hosts_one(n)]
+        if heads:
+            return heads[0]
+        return min(candidates, key=lambda n: (not ledger.hosts_one(n), -n.free_devices(spec.device), n.id))
+    by_id = [n for n in request.nodes if n.id == spec.master]
+    named = by_id or [n for n in request.nodes if n.ip == spec.master]
+    if not named:
+        return infeasible(InfeasibleCode.MASTER_UNKNOWN, spec.master)
+    if len(named) > 1:
+        return infeasible(InfeasibleCode.MASTER_AMBIGUOUS, spec.master)
+    master = named[0]
+    if master not in candidates:
+        reason = next(s for s in skipped if s.node == master.id)
+        return Infeasible(
+            name=request.name,
+            code=InfeasibleCode.MASTER_UNUSABLE,
+            spec=spec,
+            rank=0,
+            placed=0,
+            need_devices=ledger.need_devices,
+            need_cpus=spec.cpus,
+            best=ledger.best_offer(candidates),
+            skipped=(reason,),
+            master=master.id,
+            detail=spec.master,
+            fingerprint=fingerprint,
+        )
+    return master
+
+
+def _place_packed(
+    request: PlanRequest,
+    order: list[Node],
+    skipped: list[Skip],
+    ledger: _Ledger,
+    fingerprint: str,
+) -> tuple[list[RankPlacement], int] | Infeasible:
+    """Step 3 (strict, fill): whole ranks per node; the master takes dp_local, the others per the mode."""
+    spec = request.spec
+    master = order[0]
+    master_fits = ledger.ranks_fit(master)
+    dp_local = spec.dp_local if spec.dp_local is not None else min(master_fits, spec.dp)
+    if dp_local == 0 or master_fits < dp_local:
+        want = max(dp_local, 1)
+        return Infeasible(
+            name=request.name,
+            code=InfeasibleCode.MASTER_CANNOT_FIT,
+            spec=spec,
+            rank=0,
+            placed=0,
+            need_devices=want * ledger.need_devices,
+            need_cpus=want * spec.cpus,
+            best=ledger.offer(master),
+            skipped=tuple(skipped),
+            master=master.id,
+            fingerprint=fingerprint,
+        )
+    strategy = STRATEGY[spec.pack]
+    strict = spec.pack == "strict"
+    devices = (spec.world_size,)
+    ranks: list[RankPlacement] = []
+    add = ranks.append
+    for node in order:
+        remaining = spec.dp - len(ranks)
+        if remaining == 0:
+            break
+        fits = ledger.ranks_fit(node)
+        if node is master:
+            take = dp_local
+        elif strict:
+            take = min(dp_local, remaining)
+            if fits < take:
+                skipped.append(ledger.skip_short(node, take))
+                continue
+        else:
+            take = min(fits, remaining)
+            if take == 0:
+                skipped.append(ledger.skip_short(node, 1))
+                continue
+        node_id = node.id
+        nodes = (node_id,)
+        first = len(ranks)
+        for local_rank in range(take):
+            add(RankPlacement(first + local_rank, local_rank, strategy, nodes, devices, node_id))
+        ledger.take(node, take)
+    if len(ranks) < spec.dp:
+        return replace(ledger.insufficient(request, order, ranks, skipped, master, fingerprint), dp_local=dp_local)
+    return ranks, dp_local
+
+
+def _place_span(
+    request: PlanRequest,
+    order: list[Node],
+    skipped: list[Skip],
+    ledger: _Ledger,
+    fingerprint: str,
+) -> tuple[list[RankPlacement], int] | Infeasible:
+    """Step 3 (span): a rank takes whole nodes, as many as the master's free devices divide world_size."""
+    spec = request.spec
+    master = order[0]
+    per_node = master.free_devices(spec.device)
+
+    def infeasible(code: InfeasibleCode) -> Infeasible:
+        return Infeasible(
+            name=request.name,
+            code=code,
+            spec=spec,
+            rank=0,
+            placed=0,
+            need_devices=spec.world_size,
+            need_cpus=spec.cpus,
+            best=ledger.offer(master),
+            skipped=tuple(skipped),
+            master=master.id,
+            fingerprint=fingerprint,
+        )
+
+    if per_node == 0 or not ledger.has_cpus(master):
+        return infeasible(InfeasibleCode.MASTER_CANNOT_FIT)
+    if spec.world_size <= per_node:
+        return infeasible(InfeasibleCode.SPAN_TOO_SMALL)
+    if spec.world_size % per_node:
+        return infeasible(InfeasibleCode.SPAN_UNEVEN)
+    group_size = spec.world_size // per_node
+    strategy = STRATEGY["span"]
+    ranks: list[RankPlacement] = []
+    group: list[Node] = []
+    for node in order:
+        if len(ranks) == spec.dp:
+            break
+        free = node.free_devices(spec.device)
+        if free != per_node:
+            reason = SkipReason.TOO_FEW_DEVICES if free < per_node else SkipReason.HETEROGENEOUS
+            skipped.append(ledger.skip(node, reason, per_node, 0.0))
+            continue
+        group.append(node)
+        if len(group) < group_size:
+            continue
+        control = next((n for n in group if ledger.has_cpus(n)), None)
+        if control is None:
+            # No node of this run can host the engine actor: drop its first node and slide on.
+            skipped.append(ledger.skip(group[0], SkipReason.TOO_FEW_CPUS, per_node, spec.cpus))
+            group = group[1:]
+            continue
+        nodes = tuple(n.id for n in group)
+        ranks.append(RankPlacement(len(ranks), 0, strategy, nodes, (per_node,) * group_size, control.id))
+        for n in group:
+            ledger.take_devices(n, per_node)
+        ledger.take_cpus(control, spec.cpus)
+        group = []
+    if len(ranks) < spec.dp:
+        return ledger.insufficient(request, order, ranks, skipped, master, fingerprint)
+    return ranks, 1
+
+
+def node_uses(nodes: Iterable[Node], ranks: Iterable[RankPlacement], cpus: float) -> tuple[NodeUse, ...]:
+    """Each node with the ranks on its devices (in rank order) and the CPUs of the control bundles on it."""
+    devices: dict[str, list[int]] = {}
+    planned_cpus: dict[str, float] = {}
+    for rank in ranks:
+        for node, count in zip(rank.nodes, rank.devices, strict=True):
+            devices.setdefault(node, []).extend([rank.rank] * count)
+        planned_cpus[rank.control] = planned_cpus.get(rank.control, 0.0) + cpus
+    return tuple(
+        NodeUse(node=n, device_ranks=tuple(devices.get(n.id, ())), planned_cpus=planned_cpus.get(n.id, 0.0))
+        for n in nodes
+    )
+
+
+def _skip(node: Node, reason: SkipReason, spec: Placement) -> Skip:
+    return Skip(
+        node=node.id,
+        ip=node.ip,
+        reason=reason,
+        free_devices=node.free_devices(spec.device),
+        free_cpus=node.available.get("CPU", 0.0),
+        need_devices=spec.world_size,
+        need_cpus=spec.cpus,
+    )
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """What each candidate node has left while ranks are placed, in Ray's fixed-point units.
+
+    Devices count in whole units. When the device is CPU itself, the control bundle draws on the same
+    pool: `dev` and `cpu` are then one dict and a rank's CPUs are part of `rank_dev`.
+    """
+
+    device: str
+    world_size: int
+    cpus: float
+    span: bool
+    dev: dict[str, int]  # node id -> free device units
+    cpu: dict[str, int]  # node id -> free CPU units
+    rank_dev: int  # units one rank takes from `dev`
+    rank_cpu: int  # units one rank takes from `cpu` (0 when the device is CPU)
+
+    @classmethod
+    def of(cls, nodes: Sequence[Node], spec: Placement) -> _Ledger:
+        cpu = {n.id: units(n.available.get("CPU", 0.0)) for n in nodes}
+        if spec.device == "CPU":
+            return cls(
+                spec.device,
+                spec.world_size,
+                spec.cpus,
+                spec.pack == "span",
+                cpu,
+                cpu,
+                units(spec.world_size) + units(spec.cpus),
+                0,
+            )
+        device = spec.device
+        dev = {n.id: units(n.free_devices(device)) for n in nodes}
+        return cls(
+            device, spec.world_size, spec.cpus, spec.pack == "span", dev, cpu, units(spec.world_size), units(spec.cpus)
+        )
+
+    @property
+    def need_devices(self) -> int:
+        return self.world_size
+
+    def ranks_fit(self, node: Node) -> int:
+        fits = self.dev[node.id] // self.rank_dev
+        if self.rank_cpu:
+            fits = min(fits, self.cpu[node.id] // self.rank_cpu)
+        return fits
+
+    def hosts_one(self, node: Node) -> bool:
+        """Whether the node can be a master: hold one whole rank (span: some devices and the control bundle)."""
+        if node.id not in self.dev:
+            return False
+        if not self.span:
+            return self.ranks_fit(node) >= 1
+        return self.dev[node.id] >= units(1) and self.has_cpus(node)
+
+    def has_cpus(self, node: Node) -> bool:
+        return self.cpu[node.id] >= units(self.cpus)
+
+    def take(self, node: Node, ranks: int) -> None:
+        self.dev[node.id] -= ranks * self.rank_dev
+        self.cpu[node.id] -= ranks * self.rank_cpu
+
+    def take_devices(self, node: Node, count: int) -> None:
+        self.dev[node.id] -= units(count)
+
+    def take_cpus(self, node: Node, cpus: float) -> None:
+        self.cpu[node.id] -= units(cpus)
+
+    def offer(self, node: Node) -> Offer:
+        if node.id not in self.dev:
+            return Offer(node.id, node.ip, node.free_devices(self.device), node.available.get("CPU", 0.0))
+        return Offer(node.id, node.ip, self.dev[node.id] // units(1), self.cpu[node.id] / units(1))
+
+    def best_offer(self, nodes: Iterable[Node]) -> Offer | None:
+        offers = [self.offer(n) for n in nodes]
+        if not offers:
+            return None
+        return min(offers, key=lambda o: (-o.free_devices, -o.free_cpus, o.node))
+
+    def skip(self, node: Node, reason: SkipReason, need_devices: int, need_cpus: float) -> Skip:
+        offer = self.offer(node)
+        return Skip(
+            node=node.id,
+            ip=node.ip,
+            reason=reason,
+            free_devices=offer.free_devices,
+            free_cpus=offer.free_cpus,
+            need_devices=need_devices,
+            need_cpus=need_cpus,
+        )
+
+    def skip_short(self, node: Node, ranks: int) -> Skip:
+        """A node that cannot host `ranks` ranks: short of devices, else of CPUs."""
+        short_of_devices = self.dev[node.id] < ranks * self.rank_dev
+        reason = SkipReason.TOO_FEW_DEVICES if short_of_devices else SkipReason.TOO_FEW_CPUS
+        return self.skip(node, reason, ranks * self.world_size, ranks * self.cpus)
+
+    def insufficient(
+        self,
+        request: PlanRequest,
+        order: list[Node],
+        ranks: list[RankPlacement],
+        skipped: list[Skip],
+        master: Node,
+        fingerprint: str,
+    ) -> Infeasible:
+        return Infeasible(
+            name=request.name,
+            code=InfeasibleCode.INSUFFICIENT,
+            spec=request.spec,
+            rank=len(ranks),
+            placed=len(ranks),
+            need_devices=self.world_size,
+            need_cpus=self.cpus,
+            best=self.best_offer(order),
+            skipped=tuple(skipped),
+            master=master.id,
+            fingerprint=fingerprint,
+        )

@@ -1,0 +1,128 @@
+"""Shared fixtures: an in-process CLI runner, inventory files, and one real multi-node Ray cluster per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from dpctl_ray.cli.app import app
+from dpctl_ray.config import LocalCluster
+from dpctl_ray.launcher import local
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_INVENTORY = ROOT / "configs" / "inventories" / "two-nodes.yaml"
+
+# The session cluster's own DPCTL_HOME and token. Ray reads its auth settings when it is first imported,
+# so they are in the environment before any test (or in-process CLI call) imports ray.
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="dpctl-tests-"))
+os.environ.update(local.auth_env(str(SESSION_HOME / "auth_token")))
+os.environ.pop("RAY_AUTH_TOKEN", None)
+os.environ.pop("RAY_ADDRESS", None)
+CLUSTER_SHAPE = LocalCluster(nodes=4, gpus_per_node=4, cpus_per_node=4)
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[local.LocalState]:
+    """A head and four worker nodes (127.0.0.2-5, 4 simulated GPUs and 4 CPUs each), shared by the session."""
+    previous = os.environ.get("DPCTL_HOME")
+    os.environ["DPCTL_HOME"] = str(SESSION_HOME)
+    try:
+        state = local.start(CLUSTER_SHAPE, say=lambda _: None)
+    finally:
+        if previous is None:
+            os.environ.pop("DPCTL_HOME", None)
+        else:
+            os.environ["DPCTL_HOME"] = previous
+    yield state
+    os.environ["DPCTL_HOME"] = str(SESSION_HOME)
+    local.stop(state, say=lambda _: None)
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def live(ray_cluster: local.LocalState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> local.LocalState:
+    """Commands in this test find the session cluster as "the running local cluster"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DPCTL_HOME", str(SESSION_HOME))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return ray_cluster
+
+
+@contextmanager
+def ray_driver(state: local.LocalState) -> Iterator[Any]:
+    """This test process joined to the cluster as a driver in the dpctl namespace, for checks and set-up."""
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address=state.address, namespace="dpctl", logging_level="ERROR", log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Invoke:
+    """Run dpctl in-process, in an empty directory, with no cluster address inherited from the environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("DPCTL_DEBUG", raising=False)
+    monkeypatch.setenv("DPCTL_HOME", str(tmp_path / "dpctl-home"))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    return _invoker()
+
+
+@pytest.fixture
+def live_cli(live: local.LocalState) -> Invoke:
+    """In-process dpctl against the session cluster."""
+    return _invoker()
+
+
+def _invoker() -> Invoke:
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+        return runner.invoke(app, list(args), env=env)
+
+    return invoke
+
+
+@pytest.fixture
+def write_yaml(tmp_path: Path) -> Callable[[str, Any], str]:
+    """Write a document as YAML under tmp_path and return its path."""
+
+    def write(name: str, doc: Any) -> str:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return str(path)
+
+    return write
+
+
+def gpu_nodes(count: int, gpus: int = 8, cpus: int = 64, head: bool = True) -> dict[str, Any]:
+    """An inventory document: an optional CPU-only head, then `count` identical GPU nodes."""
+    nodes: list[dict[str, Any]] = []
+    if head:
+        nodes.append({"id": "head", "ip": "10.0.0.1", "head": True, "resources": {"CPU": 16}})
+    nodes += [
+        {"id": f"gpu-{i:03d}", "ip": f"10.0.{1 + i // 250}.{1 + i % 250}", "resources": {"CPU": cpus, "GPU": gpus}}
+        for i in range(count)
+    ]
+    return {"nodes": nodes}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave no session home behind, whether or not the cluster was started."""
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)

@@ -1,0 +1,77 @@
+"""Planner scenarios: an inventory and a request in, the expected ranks or causes out (tests/scenarios/*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dpctl_ray.planner import Infeasible, Placement, Plan, PlanRequest, SpecError, plan
+from dpctl_ray.planner.inventory import nodes_from_document
+
+SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.yaml"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def request_of(scenario: dict[str, Any]) -> PlanRequest:
+    raw = dict(scenario["request"])
+    if "nodes" in raw:
+        raw["nodes"] = tuple(raw["nodes"])
+    nodes = nodes_from_document({"nodes": scenario["nodes"]})
+    return PlanRequest(name="scenario", spec=Placement(**raw), nodes=nodes)
+
+
+def rank_lines(result: Plan) -> list[str]:
+    return [f"{r.rank} {r.local_rank} {'+'.join(r.nodes)}" for r in result.ranks]
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario(path: Path) -> None:
+    """Each scenario file states one placement behaviour in its `about` line; the planner must match it."""
+    scenario = load(path)
+    assert scenario.get("about"), f"{path.name} needs an 'about' sentence"
+    expect = scenario["expect"]
+    request = request_of(scenario)
+
+    if "error" in expect:
+        with pytest.raises(SpecError) as err:
+            plan(request)
+        assert expect["error"] in err.value.message
+        return
+
+    result = plan(request)
+    if "infeasible" in expect:
+        assert isinstance(result, Infeasible), f"expected infeasible, got ranks {rank_lines(result)}"
+        assert result.code.value == expect["infeasible"]
+        if "rank" in expect:
+            assert result.rank == expect["rank"]
+        if "best" in expect:
+            assert result.best is not None
+            assert result.best.node == expect["best"]
+        if "skipped" in expect:
+            assert {s.node: s.reason.value for s in result.skipped} == expect["skipped"]
+        return
+
+    assert isinstance(result, Plan), f"expected a plan, got {result}"
+    assert rank_lines(result) == expect["ranks"]
+    assert result.spec.master == expect["master"]
+    if "dp_local" in expect:
+        assert result.spec.dp_local == expect["dp_local"]
+    if "skipped" in expect:
+        assert {s.node: s.reason.value for s in result.skipped} == expect["skipped"]
+    if "warnings" in expect:
+        assert list(result.warnings) == expect["warnings"]
+    for rank, node in expect.get("controls", {}).items():
+        assert result.ranks[rank].control == node
+    device = expect.get("device", request.spec.device)
+    world_size = expect.get("world_size", request.spec.world_size)
+    for r in result.ranks:
+        bundles = result.bundles(r)
+        assert [b.resources for b in bundles[:-1]] == [((device, 1.0),)] * world_size
+        assert bundles[-1].resources == (("CPU", request.spec.cpus),)
+        assert {b.node for b in bundles[:-1]} == set(r.nodes)
