@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,7 +65,7 @@ def live(ray_cluster: local.LocalState, monkeypatch: pytest.MonkeyPatch, tmp_pat
 @contextmanager
 def ray_driver(state: local.LocalState) -> Iterator[Any]:
     """This test process joined to the cluster as a driver in the dpctl namespace, for checks and set-up."""
-    import ray  # noqa: PLC0415
+    import ray
 
     if ray.is_initialized():
         ray.shutdown()
@@ -126,3 +129,82 @@ def gpu_nodes(count: int, gpus: int = 8, cpus: int = 64, head: bool = True) -> d
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Leave no session home behind, whether or not the cluster was started."""
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
+def dpctl_env(**extra: str) -> dict[str, str]:
+    """The environment of a dpctl subprocess that finds the session cluster as its local cluster."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "COLUMNS")}
+    env["DPCTL_HOME"] = str(SESSION_HOME)
+    env.update(extra)
+    return env
+
+
+def dpctl(*args: str, cwd: Path | None = None, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
+    """Run dpctl in its own process (as a user would), against the session cluster."""
+    return subprocess.run(
+        [sys.executable, "-m", "dpctl_ray", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dpctl_env(**extra),
+        cwd=cwd or ROOT,
+        check=False,
+    )
+
+
+def dpctl_background(*args: str, cwd: Path | None = None, **extra: str) -> subprocess.Popen[str]:
+    """Start dpctl in its own process and return at once (for signals and races)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpctl_ray", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dpctl_env(**extra),
+        cwd=cwd or ROOT,
+    )
+
+
+def demo_config(
+    directory: Path,
+    name: str,
+    *,
+    dp: int = 2,
+    tp: int = 2,
+    init_seconds: float = 0.2,
+    fail_ranks: tuple[int, ...] = (),
+    pack: str = "strict",
+    ready: float = 120,
+    **placement: Any,
+) -> str:
+    """A config file for a demo deployment; returns its path."""
+    doc = {
+        "name": name,
+        "placement": {"dp": dp, "tp": tp, "pack": pack, **placement},
+        "engine": {"kind": "demo", "init_seconds": init_seconds, "fail_ranks": list(fail_ranks)},
+        "timeouts": {"placement": 30, "ready": ready},
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+def leftovers(state: local.LocalState, name: str, wait: float = 10.0) -> list[str]:
+    """Placement groups (not removed) and named actors of a deployment still in the cluster, after up to `wait` s."""
+    from ray.util.placement_group import placement_group_table
+
+    prefix = f"dpctl/{name}/"
+    deadline = time.monotonic() + wait
+    with ray_driver(state) as ray:
+        while True:
+            left = [
+                f"group {info['name']} ({info['state']})"
+                for info in placement_group_table().values()
+                if info["name"].startswith(prefix) and info["state"] != "REMOVED"
+            ] + [
+                f"actor {a['name']}"
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(prefix)
+            ]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.25)

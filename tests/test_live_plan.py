@@ -49,7 +49,7 @@ def test_a_captured_inventory_plans_exactly_like_the_live_cluster(live_cli: Invo
 
 def test_live_plan_counts_devices_another_job_holds(live_cli: Invoke, live: LocalState) -> None:
     """GPUs held by another placement group show as busy and are not planned on."""
-    from ray.util.placement_group import placement_group, remove_placement_group  # noqa: PLC0415
+    from ray.util.placement_group import placement_group, remove_placement_group
 
     with ray_driver(live) as ray:
         first = next(n for n in ray.nodes() if n["NodeManagerAddress"] == "127.0.0.2")

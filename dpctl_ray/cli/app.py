@@ -116,9 +116,11 @@ def root(
 
 
 def _register() -> None:
-    from dpctl_ray.cli import plan_cmd  # noqa: PLC0415 - commands register themselves on `app`
+    from dpctl_ray.cli import cluster_cmd, deploy_cmd, plan_cmd  # noqa: PLC0415 - commands register on `app`
 
     plan_cmd.register(app)
+    deploy_cmd.register(app)
+    cluster_cmd.register(app)
 
 
 _register()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dpctl_ray.planner.inventory import number
 from dpctl_ray.planner.model import NodeUse, Plan
@@ -158,3 +158,81 @@ def table(
     if title is None:
         return t
     return Group(Text(title, style="bold"), t)
+
+
+# --- launches and deployments ---------------------------------------------------------------------------
+
+LAUNCH_COLUMNS = (
+    Column("rank", "right"),
+    Column("node"),
+    Column("devices"),
+    Column("phase"),
+    Column("elapsed", "right"),
+)
+
+
+def devices_text(devices: Sequence[str], device_ips: Sequence[str] = ()) -> str:
+    """Granted device ids; per node (ip:ids) when a rank spans nodes; `-` when Ray grants no ids."""
+    if not devices or not any(devices):
+        return "-"
+    if device_ips and len(set(device_ips)) > 1:
+        groups: dict[str, list[str]] = {}
+        for ip, dev in zip(device_ips, devices, strict=False):
+            groups.setdefault(ip, []).append(dev)
+        return " ".join(f"{ip}:{','.join(ids)}" for ip, ids in groups.items())
+    return ",".join(devices)
+
+
+def launch_rows(ranks: Sequence[Any], now: float, started: float) -> list[tuple[str, ...]]:
+    """rank, node ip, devices, phase (with progress or error), seconds since the launch started."""
+    rows: list[tuple[str, ...]] = []
+    for r in ranks:
+        phase = r.phase.value
+        if r.phase.value == "loading" and r.progress is not None:
+            phase = f"loading {r.progress:4.0%}"
+        elif r.phase.value == "failed" and r.message:
+            phase = f"failed: {r.message}"
+        elapsed = r.ready_in if r.ready_in is not None else now - started
+        rows.append((str(r.rank), r.ip, devices_text(r.devices, r.device_ips), phase, f"{elapsed:.1f}s"))
+    return rows
+
+
+STATUS_COLUMNS = (
+    Column("rank", "right"),
+    Column("local", "right"),
+    Column("state"),
+    Column("node"),
+    Column("ip"),
+    Column("devices"),
+    Column("since"),
+    Column("detail"),
+)
+
+
+def since_text(ts: float, now: float) -> str:
+    """How long ago, compactly: 42s, 5m, 3h, 2d."""
+    if not ts:
+        return "-"
+    age = max(now - ts, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age >= size:
+            return f"{age // size:.0f}{unit} ago"
+    return f"{age:.0f}s ago"
+
+
+def status_rows(ranks: Sequence[Any], now: float) -> list[tuple[str, ...]]:
+    """One row per rank of a deployment's status."""
+    names = short_ids(r.node for r in ranks)
+    return [
+        (
+            str(r.rank),
+            str(r.local_rank),
+            r.state,
+            names.get(r.node, r.node),
+            r.ip,
+            devices_text(r.devices, r.device_ips),
+            since_text(r.since, now),
+            r.detail,
+        )
+        for r in ranks
+    ]

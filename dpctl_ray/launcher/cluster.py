@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ def connect(
 ) -> Iterator[Target]:
     """Resolve and join the cluster as a driver in the `dpctl` namespace; leave it on exit."""
     target = resolve(cluster, start_local=start_local, say=say)
+    if "ray" in sys.modules and any(os.environ.get(k) != v for k, v in target.env.items()):
+        msg = "ray was imported before connect() set its auth environment; Ray would ignore it"
+        raise RuntimeError(msg)
     os.environ.update(target.env)  # before `import ray`: Ray reads its auth settings at import
     if target.local is not None:
         os.environ.pop("RAY_AUTH_TOKEN", None)

@@ -29,9 +29,9 @@ def home() -> Path:
     return Path(os.environ.get("DPCTL_HOME") or Path.home() / ".dpctl").expanduser()
 
 
-def state_path() -> Path:
+def state_path(base: Path | None = None) -> Path:
     """Where the local cluster's record (address, token, PIDs) lives."""
-    return home() / "local-cluster.json"
+    return (base or home()) / "local-cluster.json"
 
 
 @dataclass(slots=True)
@@ -79,8 +79,13 @@ def auth_env(token_file: str) -> dict[str, str]:
 
 def load_state() -> LocalState | None:
     """The local cluster's record, or None when none was started from this DPCTL_HOME."""
+    return load_state_at(home())
+
+
+def load_state_at(base: Path) -> LocalState | None:
+    """The record of the local cluster started from the DPCTL_HOME `base`."""
     try:
-        raw = json.loads(state_path().read_text())
+        raw = json.loads(state_path(base).read_text())
         nodes = [LocalNode(**n) for n in raw.pop("nodes")]
         return LocalState(**raw, nodes=nodes)
     except FileNotFoundError:
@@ -95,7 +100,7 @@ def load_state() -> LocalState | None:
 def running_state() -> LocalState | None:
     """The local cluster's record if its head is alive and answering, else None."""
     state = load_state()
-    if state is None or not state.nodes or not _alive(state.nodes[0].pid):
+    if state is None or not state.nodes or not process_alive(state.nodes[0].pid):
         return None
     return state if port_open(state.address) else None
 
@@ -234,7 +239,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 def _wait_gone(pids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(process_alive(pid) for pid in pids):
         time.sleep(0.1)
 
 
@@ -244,6 +249,8 @@ def _start_node(state: LocalState, name: str, visible: str | None, gpus: int, cp
     env = {**os.environ, **state.env(), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
+    # Every actor is a fresh Python worker: without cached bytecode each one compiles Ray again (~0.5 s CPU).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
     ray = str(Path(sys.executable).with_name("ray"))
@@ -299,7 +306,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Running (a zombie, exited but not yet reaped by the process that started it, is not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

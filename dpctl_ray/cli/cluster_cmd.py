@@ -1,0 +1,117 @@
+"""`dpctl cluster up|status|down`: a Ray cluster on this machine, one loopback address per node."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from dpctl_ray.cli import console, options
+from dpctl_ray.cli.render import Column, table
+from dpctl_ray.config import load_config
+from dpctl_ray.errors import BadInput
+from dpctl_ray.launcher import local
+
+cluster_app = typer.Typer(
+    name="cluster",
+    help="A multi-node Ray cluster on this machine (head + workers on 127.0.0.2, ...).",
+    no_args_is_help=True,
+)
+
+NODE_COLUMNS = (
+    Column("node"),
+    Column("ip"),
+    Column("pid", "right"),
+    Column("state"),
+    Column("GPU", "right"),
+    Column("CPU", "right"),
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `cluster` group to the app."""
+    app.add_typer(cluster_app)
+
+
+@cluster_app.command("up")
+def cluster_up(
+    nodes: Annotated[Optional[int], typer.Option("--nodes", help="Worker nodes (cluster.local.nodes).")] = None,
+    gpus_per_node: Annotated[
+        Optional[int], typer.Option("--gpus-per-node", help="GPUs per worker, simulated when there are none.")
+    ] = None,
+    cpus_per_node: Annotated[Optional[int], typer.Option("--cpus-per-node", help="CPUs per worker.")] = None,
+    file: options.ConfigFile = None,
+) -> None:
+    """Start a head and N worker nodes, one at a time, each on its own loopback address."""
+    shape = load_config(file).cluster.local
+    for flag, value, minimum in (
+        ("--nodes", nodes, 0),
+        ("--gpus-per-node", gpus_per_node, 0),
+        ("--cpus-per-node", cpus_per_node, 1),
+    ):
+        if value is not None and value < minimum:
+            raise BadInput(f"{flag}: must be at least {minimum}, got {value}")
+    shape = dataclasses.replace(
+        shape,
+        nodes=shape.nodes if nodes is None else nodes,
+        gpus_per_node=shape.gpus_per_node if gpus_per_node is None else gpus_per_node,
+        cpus_per_node=shape.cpus_per_node if cpus_per_node is None else cpus_per_node,
+    )
+    running = local.running_state()
+    if running is not None:
+        console.info(f"a local cluster is already running at {running.address}; `dpctl cluster down` stops it")
+        _show(running)
+        return
+    state = local.start(shape, say=console.info)
+    console.info(f"local cluster up at {state.address}; dpctl commands find it, `dpctl cluster down` stops it")
+    _show(state)
+
+
+@cluster_app.command("status")
+def cluster_status(output: options.OutputOpt = options.Output.table) -> None:
+    """The local cluster's nodes, their processes, and how to reach it from other tools."""
+    state = local.load_state()
+    if output is not options.Output.table:
+        doc: dict[str, object] = {"running": False}
+        if state is not None:
+            doc = {"running": local.running_state() is not None, **dataclasses.asdict(state)}
+        console.print_json(doc)
+        return
+    if state is None:
+        console.info("no local cluster; `dpctl cluster up` starts one")
+        return
+    _show(state)
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop exactly the processes `dpctl cluster up` started (by PID), never another Ray cluster."""
+    state = local.load_state()
+    if state is None:
+        console.info("no local cluster running: nothing to stop")
+        return
+    local.stop(state, say=console.info)
+    console.info("local cluster stopped")
+
+
+def _show(state: local.LocalState) -> None:
+    alive = local.running_state() is not None
+    rows = [
+        (
+            n.name,
+            n.ip,
+            str(n.pid),
+            "up" if local.process_alive(n.pid) else "gone",
+            f"{n.gpus}{' (simulated)' if state.simulated_gpus and n.gpus else ''}",
+            str(n.cpus),
+        )
+        for n in state.nodes
+    ]
+    title = f"local cluster at {state.address} ({'up' if alive else 'not answering'})"
+    console.print_data(table(NODE_COLUMNS, rows, title=title))
+    env = " ".join(f"{k}={v}" for k, v in state.env().items())
+    console.info(f"other Ray tools: {env} ray status --address {state.address}")
+    if os.environ.get("RAY_ADDRESS"):
+        console.info(f"note: RAY_ADDRESS={os.environ['RAY_ADDRESS']} is set and takes precedence for dpctl commands")

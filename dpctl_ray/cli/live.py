@@ -1,0 +1,82 @@
+"""Watching a launch: a live per-rank table on a terminal's stderr, one line per change anywhere else."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from dpctl_ray.cli import console
+from dpctl_ray.cli.render import LAUNCH_COLUMNS, devices_text, launch_rows, table
+from dpctl_ray.launcher.progress import RankPhase, RankProgress
+
+REFRESH_SECONDS = 0.1
+
+
+class LiveView:
+    """The launch observer the CLI uses; `lines` forces line mode (logs, CI, tests)."""
+
+    def __init__(self, title: str, *, lines: bool | None = None) -> None:
+        self.title = title
+        self.lines = not sys.stderr.isatty() if lines is None else lines
+        self.ranks: dict[int, RankProgress] = {}
+        self.started = time.monotonic()
+        self._live: Any = None
+        self._drawn = 0.0
+        self._printed: dict[int, RankPhase] = {}
+
+    def begin(self, ranks: list[RankProgress], started: float) -> None:
+        """Show every rank as pending."""
+        self.ranks = {r.rank: r for r in ranks}
+        self.started = started
+        if self.lines:
+            console.info(f"{self.title}: launching {len(ranks)} rank{'s' if len(ranks) != 1 else ''}")
+            return
+        from rich.live import Live  # noqa: PLC0415
+
+        self._live = Live(self._render(), console=console.stderr_console(), auto_refresh=False, transient=False)
+        self._live.start()
+
+    def update(self, rank: RankProgress) -> None:
+        """A rank changed: redraw, or print the change."""
+        self.ranks[rank.rank] = rank
+        if not self.lines:
+            self._draw(force=True)
+            return
+        if self._printed.get(rank.rank) is rank.phase:
+            return  # one line per phase, not per progress step
+        self._printed[rank.rank] = rank.phase
+        where = f" on {rank.ip}" if rank.ip and rank.ip != "?" else ""
+        text = rank.phase.value
+        if rank.phase is RankPhase.READY:
+            text = f"ready{where}, devices {devices_text(rank.devices, rank.device_ips)} ({rank.ready_in or 0:.1f}s)"
+        elif rank.phase is RankPhase.FAILED:
+            text = f"failed: {rank.message}"
+        elif rank.phase is RankPhase.PLACED:
+            text = f"placed{where}"
+        console.info(f"  rank {rank.rank}: {text}")
+
+    def tick(self) -> None:
+        """Keep elapsed times moving."""
+        if not self.lines:
+            self._draw(force=False)
+
+    def end(self, ok: bool) -> None:  # noqa: ARG002 - the summary line says how it went
+        """Leave the final table on screen."""
+        if self._live is not None:
+            self._draw(force=True)
+            self._live.stop()
+            self._live = None
+
+    def _draw(self, *, force: bool) -> None:
+        now = time.monotonic()
+        if self._live is not None and (force or now - self._drawn >= REFRESH_SECONDS):
+            self._drawn = now
+            self._live.update(self._render(), refresh=True)
+
+    def _render(self) -> Any:
+        ranks = [self.ranks[r] for r in sorted(self.ranks)]
+        ready = sum(1 for r in ranks if r.phase is RankPhase.READY)
+        now = time.monotonic()
+        title = f"{self.title}: {ready}/{len(ranks)} ready, {now - self.started:.1f}s"
+        return table(LAUNCH_COLUMNS, launch_rows(ranks, now, self.started), title=title)

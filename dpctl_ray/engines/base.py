@@ -1,0 +1,67 @@
+"""The engine contract: what every engine kind (demo, command, python) is given and must answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class EngineError(Exception):
+    """An engine could not start or keep running; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineContext:
+    """Everything a rank's engine needs to know about where it runs and who its peers are."""
+
+    deployment: str
+    rank: int
+    local_rank: int
+    dp: int
+    dp_local: int
+    world_size: int
+    device: str  # the Ray resource key, e.g. GPU
+    devices: tuple[str, ...]  # ids Ray granted to this rank's device bundles, in bundle order
+    device_ips: tuple[str, ...]  # the node ip of each device (they differ only in span mode)
+    node_id: str  # the node of the engine actor (the control bundle)
+    node_ip: str
+    master_ip: str  # rank 0's node
+    master_port: int
+    port: int  # a port free on this node when the engine started, for the engine's own server
+    log_dir: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Progress(Protocol):
+    """How an engine reports loading progress while `start` runs."""
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report 0..1 of the way to ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """An engine's answer to a health call."""
+
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One rank's engine. `start` blocks until ready (or raises EngineError); the rest must be quick."""
+
+    def start(self, ctx: EngineContext, progress: Progress) -> None:
+        """Bring the engine up on the devices in `ctx`; return when it serves, raise EngineError if it cannot."""
+
+    def health(self) -> Health:
+        """Whether the engine still serves."""
+
+    def set_dp(self, dp: int) -> None:
+        """The deployment now has `dp` ranks (after a scale)."""
+
+    def stop(self) -> None:
+        """Shut down and release everything the engine started."""
+
+
+REQUIRED_METHODS = ("start", "health", "set_dp", "stop")

@@ -1,0 +1,73 @@
+"""The engine side of the readiness stream: a ZMQ PUSH socket that never blocks an engine on a gone launcher."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from dpctl_ray.engines.protocol import Frame, Phase
+
+
+class StreamReporter:
+    """Pushes phase frames for one rank of one launch; without an address (or ZMQ) it only remembers the last."""
+
+    def __init__(self, address: str | None, deployment: str, token: str, rank: int) -> None:
+        self.deployment = deployment
+        self.token = token
+        self.rank = rank
+        self.last: Frame | None = None
+        self._socket: Any = None
+        self._context: Any = None
+        if address:
+            import zmq  # noqa: PLC0415 - only engines that report import it
+
+            self._context = zmq.Context()
+            sock = self._context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.LINGER, 2000)  # let the last frame (ready or failed) out before the actor exits
+            sock.setsockopt(zmq.IMMEDIATE, 0)
+            sock.connect(address)
+            self._socket = sock
+            self._again = zmq.Again
+            self._noblock = zmq.NOBLOCK
+
+    def send(
+        self,
+        phase: Phase,
+        message: str = "",
+        *,
+        progress: float | None = None,
+        devices: tuple[str, ...] = (),
+        node: str = "",
+        ip: str = "",
+    ) -> None:
+        """Report a phase; dropped silently if the launcher is gone or not keeping up."""
+        frame = Frame(
+            deployment=self.deployment,
+            token=self.token,
+            rank=self.rank,
+            phase=phase,
+            ts=time.time(),
+            message=message,
+            progress=progress,
+            devices=devices,
+            node=node,
+            ip=ip,
+        )
+        self.last = frame
+        if self._socket is None:
+            return
+        with contextlib.suppress(self._again):
+            self._socket.send(frame.encode(), self._noblock)
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report loading progress (0..1)."""
+        self.send(Phase.PROGRESS, message, progress=min(max(fraction, 0.0), 1.0))
+
+    def close(self) -> None:
+        """Flush (up to the linger time) and close."""
+        if self._socket is not None:
+            self._socket.close()
+            self._context.term()
+            self._socket = None

@@ -1,0 +1,356 @@
+"""Deployment operations on a joined cluster: up, status and down, each on the deployment's record and lock."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from dpctl_ray.config import Config
+from dpctl_ray.errors import BadInput, Busy
+from dpctl_ray.launcher import objects, records
+from dpctl_ray.launcher.apply import Deadlines, Launch
+from dpctl_ray.launcher.cluster import snapshot
+from dpctl_ray.launcher.progress import LaunchResult, Observer
+from dpctl_ray.launcher.records import RankRecord, Record
+from dpctl_ray.planner.document import spec_to_document
+from dpctl_ray.planner.model import Node, Placement, Plan
+from dpctl_ray.planner.place import cluster_fingerprint
+
+HEALTH_TIMEOUT = 2.0
+STOP_TIMEOUT = 15.0
+
+
+def request_document(spec: Placement) -> dict[str, Any]:
+    """The placement as the user asked for it, for comparing a new `up` with what runs."""
+    doc = dataclasses.asdict(spec)
+    doc["nodes"] = list(spec.nodes)
+    return doc
+
+
+def engine_document(config: Config) -> dict[str, Any]:
+    """The engine section as engines receive it."""
+    doc = dataclasses.asdict(config.engine)
+    doc["fail_ranks"] = list(config.engine.fail_ranks)
+    return doc
+
+
+@dataclass(slots=True)
+class UpResult:
+    """What `up` did: launched (with the launch's timings) or found the same deployment already running."""
+
+    record: Record
+    plan: Plan | None
+    launch: LaunchResult | None
+    already_running: bool = False
+
+
+def differences(record: Record, request: dict[str, Any], engine: dict[str, Any]) -> list[str]:
+    """What a new request changes about a running deployment, as `key: old -> new`."""
+    return [
+        f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for section, old, new in (("placement", record.request, request), ("engine", record.engine, engine))
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
+def up(
+    config: Config,
+    *,
+    make_plan: Callable[[tuple[Node, ...]], Plan],
+    planned: Plan | None,
+    observer: Observer,
+    keep_on_failure: bool,
+    say: Callable[[str], None],
+    show_plan: Callable[[Plan], None],
+) -> UpResult:
+    """Plan (or check a plan file) against a fresh snapshot and launch every rank, holding the deployment's lock."""
+    name = planned.name if planned is not None else config.name
+    request = request_document(config.placement)
+    engine = engine_document(config)
+    with records.locked(name, "up"):
+        existing = records.load(name)
+        if existing is not None and existing.state == "running":
+            diff = differences(existing, request, engine) if planned is None else []
+            if not diff:
+                return UpResult(existing, None, None, already_running=True)
+            raise BadInput(
+                f"deployment {name!r} runs with another spec: " + "; ".join(diff),
+                hint=f"`dpctl down {name}` first, or deploy under another --name",
+                code="spec_differs",
+            )
+        if existing is not None or objects.deployments_with_objects() & {name}:
+            # We hold the lock, so whoever launched this died mid-way: clear its leftovers first.
+            removed = objects.sweep(name)
+            records.delete(name)
+            say(
+                f"removed leftovers of an interrupted launch of {name} "
+                f"({len(removed.actors)} actors, {len(removed.groups)} placement groups)"
+            )
+        nodes = snapshot()
+        if planned is not None:
+            now = cluster_fingerprint(nodes, planned.spec.device)
+            if now != planned.fingerprint:
+                raise BadInput(
+                    f"the plan file was made against another cluster state (fingerprint {planned.fingerprint}, "
+                    f"the cluster now {now})",
+                    hint="make a fresh plan with `dpctl plan --out FILE` and review it",
+                    code="stale_plan",
+                )
+            plan = planned
+        else:
+            plan = make_plan(nodes)
+        show_plan(plan)
+        return _launch(plan, config, request, engine, observer, keep_on_failure, nodes)
+
+
+def _launch(
+    plan: Plan,
+    config: Config,
+    request: dict[str, Any],
+    engine: dict[str, Any],
+    observer: Observer,
+    keep_on_failure: bool,
+    nodes: tuple[Node, ...],
+) -> UpResult:
+    ips = {n.id: n.ip for n in nodes}
+    now = time.time()
+    record = Record(
+        name=plan.name,
+        state="launching",
+        request=request,
+        spec=spec_to_document(plan.name, plan.spec),
+        engine=engine,
+        token="",
+        job=records.current_job(),
+        created=now,
+        updated=now,
+        ranks=[
+            RankRecord(r.rank, r.local_rank, list(r.nodes), list(r.devices), r.control, ips.get(r.control, ""))
+            for r in plan.ranks
+        ],
+    )
+    launch = Launch(
+        plan,
+        list(plan.ranks),
+        engine=engine,
+        deadlines=Deadlines(config.timeouts.placement, config.timeouts.ready),
+        observer=observer,
+        bind_ip=_bind_ip(),
+        node_ips=ips,
+    )
+    record.token = launch.token
+    records.save(record)  # first, so that `down` finds even a launch whose CLI is killed
+    try:
+        result = launch.run(keep_on_failure=keep_on_failure)
+    except BaseException:
+        if keep_on_failure:
+            record.state = "failed"
+            records.save(record)
+        else:
+            records.delete(plan.name)
+        raise
+    for rank in record.ranks:
+        progress = result.ranks[rank.rank]
+        rank.granted = list(progress.devices)
+        rank.device_ips = list(progress.device_ips)
+        rank.since = progress.since
+        rank.ip = progress.ip or rank.ip
+    record.state = "running"
+    records.save(record)
+    return UpResult(record, plan, result)
+
+
+def _bind_ip() -> str | None:
+    """Where engines can reach this driver: its node's address as Ray sees it (none for Ray Client)."""
+    try:
+        return str(ray.util.get_node_ip_address())
+    except Exception:  # noqa: BLE001 - no address: readiness falls back to Ray's own signals
+        return None
+
+
+# --- status -------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RankStatus:
+    """One rank as `status` reports it (DESIGN.md status JSON)."""
+
+    rank: int
+    local_rank: int
+    state: str  # PENDING | STARTING | READY | FAILED | DEAD
+    node: str
+    ip: str
+    devices: list[str]
+    since: float
+    detail: str = ""
+    device_ips: list[str] = field(default_factory=list)
+    dp: int | None = None  # the dp size the engine was last told
+
+
+@dataclass(slots=True)
+class DeploymentStatus:
+    """One deployment with its ranks; `record` is None for leftovers without a record."""
+
+    name: str
+    record: Record | None
+    ranks: list[RankStatus]
+    busy: dict[str, Any] | None = None  # the live command changing it, if any
+
+
+def gather(name: str | None) -> list[DeploymentStatus]:
+    """Every deployment (or one), its ranks' health asked in parallel with a short deadline."""
+    wanted = [name] if name else sorted(set(records.names()) | objects.deployments_with_objects())
+    alive_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    found: list[tuple[Record | None, dict[int, Any]]] = []
+    asks: dict[Any, tuple[int, int]] = {}
+    for i, dep in enumerate(wanted):
+        record = records.load(dep)
+        refs: dict[int, Any] = {}
+        for rank in record.ranks if record else []:
+            actor = objects.find_engine(dep, rank.rank)
+            if actor is not None:
+                ref = actor.health.remote()
+                refs[rank.rank] = ref
+                asks[ref] = (i, rank.rank)
+        found.append((record, refs))
+    done: set[Any] = set()
+    if asks:
+        ready, _ = ray.wait(list(asks), num_returns=len(asks), timeout=HEALTH_TIMEOUT)
+        done = set(ready)
+    out = []
+    for dep, (record, refs) in zip(wanted, found, strict=True):
+        if record is None:
+            out.append(DeploymentStatus(dep, None, [], records.lock_holder(dep)))
+            continue
+        ranks = [_rank_status(rank, refs.get(rank.rank), done, alive_nodes, record) for rank in record.ranks]
+        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep)))
+    return out
+
+
+def _rank_status(rank: RankRecord, ref: Any, done: set[Any], alive_nodes: set[str], record: Record) -> RankStatus:
+    status = RankStatus(
+        rank=rank.rank,
+        local_rank=rank.local_rank,
+        state="PENDING",
+        node=rank.control,
+        ip=rank.ip,
+        devices=list(rank.granted),
+        since=rank.since,
+        device_ips=list(rank.device_ips),
+    )
+    if any(n not in alive_nodes for n in rank.nodes):
+        gone = [n for n in rank.nodes if n not in alive_nodes]
+        status.state, status.detail = "DEAD", f"node {gone[0][:12]} is gone"
+        return status
+    if ref is None:
+        status.state = "DEAD" if record.state == "running" else "PENDING"
+        status.detail = "engine actor is gone" if record.state == "running" else "waiting for placement"
+        return status
+    if ref not in done:
+        if rank.since:
+            status.state, status.detail = "FAILED", f"no answer to a health call in {HEALTH_TIMEOUT:g}s"
+        else:
+            status.state, status.detail = "STARTING", "loading"
+        return status
+    try:
+        health = ray.get(ref)
+    except RayActorError:
+        status.state, status.detail = "DEAD", "engine actor died"
+        return status
+    except Exception as exc:  # noqa: BLE001 - an engine's health error is a failed rank, not a failed status
+        status.state, status.detail = "FAILED", f"health call raised {type(exc).__name__}: {exc}"
+        return status
+    status.state = health["state"]
+    status.detail = health.get("detail", "")
+    status.devices = list(health.get("devices", status.devices))
+    status.device_ips = list(health.get("device_ips", status.device_ips))
+    status.node = health.get("node", status.node)
+    status.ip = health.get("ip", status.ip)
+    status.since = float(health.get("since", status.since))
+    status.dp = health.get("dp")
+    return status
+
+
+def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
+    """DESIGN.md status JSON."""
+    deployments = []
+    for s in statuses:
+        spec = s.record.spec if s.record else {}
+        deployments.append(
+            {
+                "name": s.name,
+                "dp": spec.get("dp", 0),
+                "world_size": spec.get("world_size", 0),
+                "pack": spec.get("pack", ""),
+                "state": s.record.state if s.record else "orphaned",
+                "ranks": [
+                    {
+                        "rank": r.rank,
+                        "local_rank": r.local_rank,
+                        "state": r.state,
+                        "node": r.node,
+                        "ip": r.ip,
+                        "devices": r.devices,
+                        "since": r.since,
+                        "detail": r.detail,
+                        "device_ips": r.device_ips,
+                        "dp": r.dp,
+                    }
+                    for r in s.ranks
+                ],
+            }
+        )
+    return {"deployments": deployments}
+
+
+# --- down ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DownResult:
+    """What `down` removed for one deployment."""
+
+    name: str
+    actors: list[str]
+    groups: list[str]
+    record: bool
+
+    @property
+    def nothing(self) -> bool:
+        """Whether there was nothing to remove."""
+        return not (self.actors or self.groups or self.record)
+
+
+def down(name: str, *, force: bool) -> DownResult:
+    """Stop the engines (gracefully, briefly), then remove everything under the deployment's name and its record."""
+    try:
+        with records.locked(name, "down"):
+            return _remove(name)
+    except Busy:
+        if not force:
+            raise
+        result = _remove(name)
+        records.drop_lock(name)
+        return result
+
+
+def _remove(name: str) -> DownResult:
+    engines = []
+    for actor_name in objects.named_actors(records.prefix(name)):
+        if actor_name.rsplit("/", 1)[-1].startswith("engine-"):
+            with contextlib.suppress(ValueError):
+                engines.append(ray.get_actor(actor_name, namespace=records.NAMESPACE))
+    stops = [engine.stop.remote() for engine in engines]
+    if stops:
+        ray.wait(stops, num_returns=len(stops), timeout=STOP_TIMEOUT)
+    removed = objects.sweep(name)
+    had_record = records.delete(name)
+    return DownResult(name, removed.actors, removed.groups, had_record)

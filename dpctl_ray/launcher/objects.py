@@ -1,0 +1,142 @@
+"""Creating, finding and removing a deployment's Ray objects: placement groups and engine actors."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from dpctl_ray.engines.host import EngineHost, RankLaunch
+from dpctl_ray.launcher.records import NAMESPACE, engine_name, pg_name, prefix
+from dpctl_ray.planner.model import Bundle, RankPlacement
+
+NODE_LABEL = "ray.io/node-id"
+RemoteEngineHost = ray.remote(EngineHost)
+
+
+def create_group(deployment: str, rank: RankPlacement, bundles: tuple[Bundle, ...]) -> PlacementGroup:
+    """One rank's detached, named placement group, every bundle pinned to its planned node by node id."""
+    group: PlacementGroup = placement_group(
+        [dict(b.resources) for b in bundles],
+        strategy=rank.strategy,
+        name=pg_name(deployment, rank.rank),
+        lifetime="detached",
+        bundle_label_selector=[{NODE_LABEL: b.node} for b in bundles],
+    )
+    return group
+
+
+def group_scheduling_state(group: PlacementGroup) -> tuple[str, str]:
+    """(state, scheduling state) of a group, e.g. ("PENDING", "INFEASIBLE")."""
+    info = placement_group_table(group)
+    return str(info.get("state", "")), str(info.get("stats", {}).get("scheduling_state", ""))
+
+
+def create_engine(
+    deployment: str, launch: RankLaunch, engine: dict[str, Any], group: PlacementGroup, cpus: float
+) -> Any:
+    """One rank's detached, named engine host on the control bundle (the last bundle of its group)."""
+    return RemoteEngineHost.options(
+        name=engine_name(deployment, launch.rank),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        num_cpus=cpus,
+        max_concurrency=4,  # health and set_dp answer while nothing else runs long
+        max_restarts=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=launch.world_size, placement_group_capture_child_tasks=False
+        ),
+    ).remote(launch, engine, group)
+
+
+def find_engine(deployment: str, rank: int) -> Any | None:
+    """The engine host of a rank, if it exists."""
+    try:
+        return ray.get_actor(engine_name(deployment, rank), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class Removed:
+    """What a removal took away."""
+
+    groups: list[str] = field(default_factory=list)
+    actors: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups or self.actors)
+
+
+def remove(groups: list[PlacementGroup], actors: list[Any]) -> None:
+    """Remove exactly these actors and groups (removing a group also kills the actors in it)."""
+    for actor in actors:
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+    for group in groups:
+        with contextlib.suppress(Exception):
+            remove_placement_group(group)
+
+
+def remove_ranks(deployment: str, ranks: list[int]) -> Removed:
+    """Remove the engine actors and placement groups of some ranks of a deployment, found by name."""
+    removed = Removed()
+    wanted_actors = {engine_name(deployment, r) for r in ranks}
+    wanted_groups = {pg_name(deployment, r) for r in ranks}
+    for name in sorted(wanted_actors & set(named_actors(prefix(deployment)))):
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+            removed.actors.append(name)
+    for name, group in live_groups(prefix(deployment)).items():
+        if name in wanted_groups:
+            remove_placement_group(group)
+            removed.groups.append(name)
+    return removed
+
+
+def sweep(deployment: str) -> Removed:
+    """Remove every actor and placement group named under the deployment's prefix, whoever created them."""
+    removed = Removed()
+    for name in named_actors(prefix(deployment)):
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+            removed.actors.append(name)
+    for name, group in live_groups(prefix(deployment)).items():
+        remove_placement_group(group)
+        removed.groups.append(name)
+    return removed
+
+
+def named_actors(name_prefix: str = "dpctl/") -> list[str]:
+    """Names of live actors in the dpctl namespace under a prefix (no dashboard needed)."""
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == NAMESPACE and a["name"].startswith(name_prefix)
+    )
+
+
+def live_groups(name_prefix: str = "dpctl/") -> dict[str, PlacementGroup]:
+    """Placement groups under a prefix that are not removed, by name (removed ones stay in the table)."""
+    from ray._raylet import PlacementGroupID  # noqa: PLC0415
+
+    out: dict[str, PlacementGroup] = {}
+    for group_id, info in placement_group_table().items():
+        name = info.get("name", "")
+        if name.startswith(name_prefix) and info.get("state") != "REMOVED":
+            out[name] = PlacementGroup(PlacementGroupID.from_hex(group_id))
+    return out
+
+
+def deployments_with_objects() -> set[str]:
+    """Deployment names that have any dpctl-named actor or placement group (records or not)."""
+    found = set()
+    for name in [*named_actors(), *live_groups()]:
+        parts = name.split("/")
+        if len(parts) >= 3:
+            found.add(parts[1])
+    return found
