@@ -34,7 +34,8 @@ class LiveView:
             return
         from rich.live import Live  # noqa: PLC0415
 
-        self._live = Live(self._render(), console=console.stderr_console(), auto_refresh=False, transient=False)
+        # Transient: on success the table gives way to the summary and the final status; a failure keeps it.
+        self._live = Live(self._render(), console=console.stderr_console(), auto_refresh=False, transient=True)
         self._live.start()
 
     def update(self, rank: RankProgress) -> None:
@@ -61,12 +62,13 @@ class LiveView:
         if not self.lines:
             self._draw(force=False)
 
-    def end(self, ok: bool) -> None:  # noqa: ARG002 - the summary line says how it went
-        """Leave the final table on screen."""
+    def end(self, ok: bool) -> None:
+        """Stop redrawing; after a failure, leave the last table on screen to show where each rank got to."""
         if self._live is not None:
-            self._draw(force=True)
             self._live.stop()
             self._live = None
+            if not ok:
+                console.print_err(self._render())
 
     def _draw(self, *, force: bool) -> None:
         now = time.monotonic()
