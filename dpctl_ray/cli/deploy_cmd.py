@@ -10,14 +10,23 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from dpctl_ray.cli import console, options
-from dpctl_ray.cli.plan_cmd import make_plan
-from dpctl_ray.cli.render import STATUS_COLUMNS, plan_title, status_rows, table
+from dpctl_ray.cli.plan_cmd import make_delta, make_plan
+from dpctl_ray.cli.render import (
+    RANK_COLUMNS,
+    STATUS_COLUMNS,
+    delta_rows,
+    delta_title,
+    plan_title,
+    plural,
+    status_rows,
+    table,
+)
 from dpctl_ray.config import Config, Timeouts
 from dpctl_ray.errors import BadInput, ClusterUnreachable
 from dpctl_ray.files import dump_yaml, load_document
 
 if TYPE_CHECKING:
-    from dpctl_ray.launcher.deploy import DeploymentStatus, DownResult, UpResult
+    from dpctl_ray.launcher.deploy import DeploymentStatus, DownResult, ScaleResult, UpResult
     from dpctl_ray.planner.model import Plan
 
 NameArg = Annotated[Optional[str], typer.Argument(help="Deployment name (default: from the config, else demo).")]
@@ -27,6 +36,7 @@ def register(app: typer.Typer) -> None:
     """Add `up`, `status` and `down` to the app."""
     app.command("up")(up_command)
     app.command("status")(status_command)
+    app.command("scale")(scale_command)
     app.command("down")(down_command)
 
 
@@ -43,6 +53,9 @@ def up_command(
     output: options.OutputOpt = options.Output.table,
     keep_on_failure: Annotated[
         bool, typer.Option("--keep-on-failure", help="Keep what a failed launch created, for debugging.")
+    ] = False,
+    recreate: Annotated[
+        bool, typer.Option("--recreate", help="Replace a running deployment whose spec differs (not just dp).")
     ] = False,
     placement_timeout: Annotated[
         Optional[float],
@@ -111,11 +124,14 @@ def up_command(
         result = deploy.up(
             config,
             make_plan=lambda snapshot: make_plan(config, snapshot),
+            make_delta=make_delta,
             planned=planned,
             observer=view,
             keep_on_failure=keep_on_failure,
+            recreate=recreate,
             say=console.info,
             show_plan=lambda plan: console.info(plan_title(plan)),
+            show_delta=lambda delta: console.info(delta_title(delta)),
         )
         _report_up(result, output)
 
@@ -146,8 +162,11 @@ def _report_up(result: UpResult, output: options.Output) -> None:
 
     record = result.record
     if result.already_running:
-        console.info(f"{record.name} already runs with this spec ({record.spec['dp']} ranks): nothing to do")
+        console.info(f"{record.name} already runs with this spec ({plural(record.spec['dp'], 'rank')}): nothing to do")
         statuses = gather(record.name)
+    elif result.scaled is not None:
+        _report_scale(result.scaled, output)
+        return
     else:
         launch = result.launch
         assert launch is not None  # noqa: S101 - a launched result carries its launch
@@ -195,6 +214,90 @@ def _report_up(result: UpResult, output: options.Output) -> None:
     _print_doc(doc, output)
 
 
+def scale_command(
+    name: NameArg = None,
+    dp: Annotated[Optional[str], typer.Option("--dp", help="The new number of ranks.", metavar="N")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the ranks to add or stop; change nothing.")] = False,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option("--timeout", help="Seconds for new ranks to be ready (timeouts.ready).", metavar="S"),
+    ] = None,
+    file: options.ConfigFile = None,
+    address: options.Address = None,
+    output: options.OutputOpt = options.Output.table,
+) -> None:
+    """Grow or shrink a running deployment to --dp ranks; the other ranks keep running, untouched."""
+    console.session.json_errors = output is not options.Output.table
+    if dp is None:
+        raise BadInput("--dp: the new number of ranks is required", hint="e.g. dpctl scale demo --dp 4")
+    config = options.resolve_config(file, address=address, dp=dp)
+    config = _with_timeouts(config, None, timeout)
+    target = name or config.name
+    from dpctl_ray.cli.live import LiveView  # noqa: PLC0415
+    from dpctl_ray.launcher.cluster import connect  # noqa: PLC0415
+
+    with connect(config.cluster, start_local=False):
+        from dpctl_ray.launcher import deploy  # noqa: PLC0415 - after connect: imports Ray
+
+        result = deploy.scale(
+            target,
+            config.placement.dp,
+            config,
+            make_delta=make_delta,
+            dry_run=dry_run,
+            observer=LiveView(target),
+            say=console.info,
+            show_delta=lambda delta: console.info(delta_title(delta)),
+        )
+        _report_scale(result, output)
+
+
+def _report_scale(result: ScaleResult, output: options.Output) -> None:
+    from dpctl_ray.launcher.deploy import gather, status_document  # noqa: PLC0415
+
+    record, delta = result.record, result.delta
+    if delta is None:
+        console.info(f"{record.name} already has {plural(len(record.ranks), 'rank')}: nothing to do")
+    elif result.dry_run:
+        if output is not options.Output.table:
+            from dpctl_ray.planner.document import plan_to_document  # noqa: PLC0415
+
+            doc = plan_to_document(delta.plan)
+            added = {r.rank for r in delta.added}
+            _print_doc(
+                {
+                    "name": delta.name,
+                    "from": delta.before,
+                    "to": delta.after,
+                    "added": [r for r in doc["ranks"] if r["rank"] in added],
+                    "removed": list(delta.removed),
+                },
+                output,
+            )
+            return
+        if delta.added:
+            console.print_data(table(RANK_COLUMNS, delta_rows(delta), title=delta_title(delta)))
+        else:
+            console.print_data(delta_title(delta))
+        console.info("dry run: nothing changed")
+        return
+    else:
+        verb = (
+            f"added {plural(len(delta.added), 'rank')}"
+            if delta.added
+            else (f"stopped {plural(len(delta.removed), 'rank')}")
+        )
+        took = f" in {result.launch.elapsed:.1f}s" if result.launch else ""
+        console.info(f"{record.name}: {verb}{took}; now {plural(delta.after, 'rank')}, the others kept running")
+        if result.untold:
+            console.warn(f"ranks {', '.join(map(str, result.untold))} did not confirm the new dp size in time")
+    statuses = gather(record.name)
+    if output is options.Output.table:
+        show_statuses(statuses)
+    else:
+        _print_doc(status_document(statuses), output)
+
+
 def _print_doc(doc: dict[str, object], output: options.Output) -> None:
     if output is options.Output.yaml:
         console.write_stdout(dump_yaml(doc))
@@ -219,7 +322,7 @@ def _status_title(s: DeploymentStatus) -> str:
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     shape = f"TP {spec['tp']}" + (f" x PP {spec['pp']}" if spec["pp"] > 1 else "")
     busy = f"; `dpctl {s.busy['command']}` in progress" if s.busy else ""
-    return f"{s.name}: {spec['dp']} ranks of {shape}, pack {spec['pack']}, {s.record.state}: {states}{busy}"
+    return f"{s.name}: {plural(spec['dp'], 'rank')} of {shape}, pack {spec['pack']}, {s.record.state}: {states}{busy}"
 
 
 def status_command(

@@ -68,12 +68,13 @@ def describe(result: Infeasible) -> tuple[str, str]:
     device = spec.device
     need = _need(device, result.need_devices, result.need_cpus)
     best = result.best
-    best_text = (
-        f"the best node, {short_ids([best.node])[best.node]} ({best.ip}), has "
-        f"{_free(device, best.free_devices, best.free_cpus)}"
-        if best is not None
-        else "no node offers any"
-    )
+    if best is None or best.free_devices == 0:
+        best_text = f"no node has a free {device} left"
+    else:
+        best_text = (
+            f"the best node, {short_ids([best.node])[best.node]} ({best.ip}), has "
+            f"{_free(device, best.free_devices, best.free_cpus)}"
+        )
     match result.code:
         case InfeasibleCode.NO_NODES:
             where = "in placement.nodes " if spec.nodes else ""

@@ -16,6 +16,7 @@ from dpctl_ray.files import dump_yaml, load_document
 from dpctl_ray.planner import Infeasible, InfeasibleCode, Node, Plan, PlanRequest, Skip, SkipReason, plan
 from dpctl_ray.planner.document import dumps, plan_json, plan_to_document
 from dpctl_ray.planner.inventory import nodes_from_document, nodes_to_document
+from dpctl_ray.planner.scale import ScalePlan, scale
 
 TABLE_LIMIT = 32
 
@@ -97,6 +98,20 @@ def make_plan(config: Config, nodes: tuple[Node, ...]) -> Plan:
             console.print_err(table(SKIP_COLUMNS, rows, title="nodes passed over"))
         raise infeasible_error(result)
     for warning in result.warnings:
+        console.warn(warning)
+    return result
+
+
+def make_delta(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan:
+    """The scale delta, printing warnings; infeasible becomes InfeasibleError after its causes are shown."""
+    result = scale(current, nodes, dp)
+    if isinstance(result, Infeasible):
+        passed_over = _worth_showing(result.skipped, show_deviceless=result.code is InfeasibleCode.NO_NODES)
+        if passed_over and not console.session.json_errors:
+            rows = skip_rows(passed_over, result.spec.device)
+            console.print_err(table(SKIP_COLUMNS, rows, title="nodes passed over"))
+        raise infeasible_error(result)
+    for warning in result.plan.warnings:
         console.warn(warning)
     return result
 

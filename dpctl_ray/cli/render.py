@@ -18,6 +18,11 @@ FREE = "·"
 BUSY = "x"
 
 
+def plural(count: int, word: str) -> str:
+    """`1 rank`, `2 ranks`."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """A table column: header and alignment."""
@@ -236,3 +241,18 @@ def status_rows(ranks: Sequence[Any], now: float) -> list[tuple[str, ...]]:
         )
         for r in ranks
     ]
+
+
+def delta_title(delta: Any) -> str:
+    """One line saying what a scale does."""
+    changed = delta.removed or [r.rank for r in delta.added]
+    verb = "stop" if delta.removed else "add"
+    ranks = f"rank{'s' if len(changed) != 1 else ''} {', '.join(map(str, changed))}"
+    return f"{delta.name}: dp {delta.before} -> {delta.after}: {verb} {ranks}; the others keep running"
+
+
+def delta_rows(delta: Any) -> list[tuple[str, ...]]:
+    """rank, local rank, node(s), ip(s), devices, strategy of the ranks a scale adds."""
+    plan = delta.plan
+    added = {r.rank for r in delta.added}
+    return [row for row, rank in zip(rank_rows(plan), plan.ranks, strict=True) if rank.rank in added]

@@ -13,15 +13,16 @@ import ray
 from ray.exceptions import RayActorError
 
 from dpctl_ray.config import Config
-from dpctl_ray.errors import BadInput, Busy
+from dpctl_ray.errors import BadInput, Busy, DpctlError
 from dpctl_ray.launcher import objects, records
 from dpctl_ray.launcher.apply import Deadlines, Launch
 from dpctl_ray.launcher.cluster import snapshot
 from dpctl_ray.launcher.progress import LaunchResult, Observer
 from dpctl_ray.launcher.records import RankRecord, Record
-from dpctl_ray.planner.document import spec_to_document
-from dpctl_ray.planner.model import Node, Placement, Plan
+from dpctl_ray.planner.document import spec_from_document, spec_to_document
+from dpctl_ray.planner.model import STRATEGY, Node, Placement, Plan, RankPlacement
 from dpctl_ray.planner.place import cluster_fingerprint
+from dpctl_ray.planner.scale import ScalePlan
 
 HEALTH_TIMEOUT = 2.0
 STOP_TIMEOUT = 15.0
@@ -42,13 +43,28 @@ def engine_document(config: Config) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
+class ScaleResult:
+    """What a scale did: the delta, and the launch of the new ranks (growing) or None (shrinking, dry run)."""
+
+    record: Record
+    delta: ScalePlan | None  # None: already at the requested size
+    launch: LaunchResult | None = None
+    dry_run: bool = False
+    untold: list[int] = field(default_factory=list)  # running ranks that did not take the new dp size
+
+
+@dataclass(slots=True)
 class UpResult:
-    """What `up` did: launched (with the launch's timings) or found the same deployment already running."""
+    """What `up` did: launched, found the same deployment already running, or scaled it to a new dp."""
 
     record: Record
     plan: Plan | None
     launch: LaunchResult | None
     already_running: bool = False
+    scaled: ScaleResult | None = None
+
+
+MakeDelta = Callable[[Plan, tuple[Node, ...], int], "ScalePlan"]
 
 
 def differences(record: Record, request: dict[str, Any], engine: dict[str, Any]) -> list[str]:
@@ -65,28 +81,61 @@ def up(
     config: Config,
     *,
     make_plan: Callable[[tuple[Node, ...]], Plan],
+    make_delta: MakeDelta,
     planned: Plan | None,
     observer: Observer,
     keep_on_failure: bool,
+    recreate: bool,
     say: Callable[[str], None],
     show_plan: Callable[[Plan], None],
+    show_delta: Callable[[ScalePlan], None],
 ) -> UpResult:
-    """Plan (or check a plan file) against a fresh snapshot and launch every rank, holding the deployment's lock."""
+    """Launch every rank (holding the deployment's lock), or converge a running deployment to a new dp by scaling.
+
+    A running deployment with the same spec is left alone; one whose spec differs only in dp is scaled;
+    any other difference is refused unless `recreate`, which removes it and launches afresh.
+    """
     name = planned.name if planned is not None else config.name
     request = request_document(config.placement)
     engine = engine_document(config)
     with records.locked(name, "up"):
         existing = records.load(name)
+        if existing is not None and existing.state == "scaling":
+            existing = _recover(existing, say)
+        if existing is not None and existing.state == "running" and recreate:
+            gone = _remove(name)
+            say(f"recreating {name}: removed its {_engines(gone.actors)} engines")
+            existing = None
         if existing is not None and existing.state == "running":
-            diff = differences(existing, request, engine) if planned is None else []
+            diff = differences(existing, request, engine)
+            if planned is not None:
+                raise BadInput(
+                    f"deployment {name!r} is already running; a plan file only launches new deployments",
+                    hint="`dpctl up --plan FILE --recreate` replaces it, or `--name` deploys another",
+                    code="already_running",
+                )
             if not diff:
                 return UpResult(existing, None, None, already_running=True)
-            raise BadInput(
-                f"deployment {name!r} runs with another spec: " + "; ".join(diff),
-                hint=f"`dpctl down {name}` first, or deploy under another --name",
-                code="spec_differs",
+            if [d for d in diff if not d.startswith("placement.dp:")]:
+                raise BadInput(
+                    f"deployment {name!r} runs with another spec: " + "; ".join(diff),
+                    hint=f"--recreate replaces it; `dpctl scale {name} --dp N` changes only its size",
+                    code="spec_differs",
+                )
+            say(f"{name} runs with dp {existing.request['dp']}: scaling it to {config.placement.dp}")
+            scaled = _scale_locked(
+                existing,
+                config.placement.dp,
+                config,
+                make_delta=make_delta,
+                dry_run=False,
+                observer=observer,
+                show_delta=show_delta,
             )
-        if existing is not None or objects.deployments_with_objects() & {name}:
+            scaled.record.request = request
+            records.save(scaled.record)
+            return UpResult(scaled.record, None, scaled.launch, scaled=scaled)
+        if existing is not None or name in objects.deployments_with_objects():
             # We hold the lock, so whoever launched this died mid-way: clear its leftovers first.
             removed = objects.sweep(name)
             records.delete(name)
@@ -174,6 +223,171 @@ def _bind_ip() -> str | None:
         return str(ray.util.get_node_ip_address())
     except Exception:  # noqa: BLE001 - no address: readiness falls back to Ray's own signals
         return None
+
+
+# --- scale --------------------------------------------------------------------------------------------
+
+SET_DP_TIMEOUT = 10.0
+
+
+def plan_of(record: Record) -> Plan:
+    """The running deployment as a plan: its resolved spec and its ranks (for the scale planner)."""
+    spec = spec_from_document(record.spec)
+    ranks = tuple(
+        RankPlacement(r.rank, r.local_rank, STRATEGY[spec.pack], tuple(r.nodes), tuple(r.devices), r.control)
+        for r in sorted(record.ranks, key=lambda r: r.rank)
+    )
+    return Plan(record.name, dataclasses.replace(spec, dp=len(ranks)), ranks, (), (), (), "")
+
+
+def scale(
+    name: str,
+    dp: int,
+    config: Config,
+    *,
+    make_delta: MakeDelta,
+    dry_run: bool,
+    observer: Observer,
+    say: Callable[[str], None],
+    show_delta: Callable[[ScalePlan], None],
+) -> ScaleResult:
+    """Grow or shrink a running deployment to dp ranks, holding its lock; the other ranks keep running."""
+    with records.locked(name, "scale"):
+        record = records.load(name)
+        if record is None:
+            raise BadInput(
+                f"no deployment named {name!r} in this cluster", hint="`dpctl status` lists them", code="no_deployment"
+            )
+        if record.state == "scaling":
+            record = _recover(record, say)
+        if record.state != "running":
+            raise BadInput(
+                f"deployment {name!r} is {record.state}, not running: nothing to scale",
+                hint=f"`dpctl down {name}` removes it; `dpctl up` launches it again",
+            )
+        result = _scale_locked(
+            record,
+            dp,
+            config,
+            make_delta=make_delta,
+            dry_run=dry_run,
+            observer=observer,
+            show_delta=show_delta,
+        )
+        if not dry_run and result.delta is not None:
+            result.record.request["dp"] = dp
+            records.save(result.record)
+        return result
+
+
+def _scale_locked(
+    record: Record,
+    dp: int,
+    config: Config,
+    *,
+    make_delta: MakeDelta,
+    dry_run: bool,
+    observer: Observer,
+    show_delta: Callable[[ScalePlan], None],
+) -> ScaleResult:
+    current = plan_of(record)
+    if dp == len(current.ranks):
+        return ScaleResult(record, None, dry_run=dry_run)
+    nodes = snapshot()
+    delta = make_delta(current, nodes, dp)
+    if dry_run:
+        return ScaleResult(record, delta, dry_run=True)
+    show_delta(delta)
+    before = len(record.ranks)
+    record.state = "scaling"  # first: a command killed from here on leaves a record the next one recovers
+    if delta.removed:
+        record.ranks = [r for r in record.ranks if r.rank < dp]
+        record.spec["dp"] = dp
+        records.save(record)
+        _stop(record.name, list(delta.removed))
+        objects.remove_ranks(record.name, list(delta.removed))
+        launch = None
+    else:
+        records.save(record)
+        ips = {n.id: n.ip for n in nodes}
+        run = Launch(
+            delta.plan,
+            list(delta.added),
+            engine=record.engine,
+            deadlines=Deadlines(config.timeouts.placement, config.timeouts.ready),
+            observer=observer,
+            bind_ip=_bind_ip(),
+            node_ips=ips,
+        )
+        try:
+            launch = run.run()
+        except BaseException as exc:
+            record.state = "running"
+            records.save(record)
+            if isinstance(exc, DpctlError):
+                exc.message += f"; {record.name} keeps running with its {before} ranks"
+            raise
+        for rank in delta.added:
+            progress = launch.ranks[rank.rank]
+            record.ranks.append(
+                RankRecord(
+                    rank.rank,
+                    rank.local_rank,
+                    list(rank.nodes),
+                    list(rank.devices),
+                    rank.control,
+                    progress.ip or ips.get(rank.control, ""),
+                    list(progress.devices),
+                    list(progress.device_ips),
+                    progress.since,
+                )
+            )
+        record.spec["dp"] = dp
+    record.state = "running"
+    records.save(record)
+    survivors = [r.rank for r in record.ranks if r.rank < min(before, dp)]
+    return ScaleResult(record, delta, launch, untold=_tell_dp(record.name, survivors, dp))
+
+
+def _stop(name: str, ranks: list[int]) -> None:
+    """Ask these ranks' engines to stop (briefly) before their actors and groups are removed."""
+    engines = [e for e in (objects.find_engine(name, r) for r in ranks) if e is not None]
+    stops = [e.stop.remote() for e in engines]
+    if stops:
+        ray.wait(stops, num_returns=len(stops), timeout=STOP_TIMEOUT)
+
+
+def _tell_dp(name: str, ranks: list[int], dp: int) -> list[int]:
+    """Tell running engines the new dp size, in parallel; the ranks that did not answer in time."""
+    calls = {}
+    for rank in ranks:
+        engine = objects.find_engine(name, rank)
+        if engine is not None:
+            calls[engine.set_dp.remote(dp)] = rank
+    done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=SET_DP_TIMEOUT) if calls else ([], [])
+    told = set()
+    for ref in done:
+        with contextlib.suppress(Exception):
+            ray.get(ref)
+            told.add(calls[ref])
+    return [r for r in ranks if r not in told]
+
+
+def _recover(record: Record, say: Callable[[str], None]) -> Record:
+    """A scale whose command died: remove the ranks it was adding or removing, keep the recorded ones running."""
+    keep = {r.rank for r in record.ranks}
+    stray = sorted(objects.ranks_with_objects(record.name) - keep)
+    if stray:
+        objects.remove_ranks(record.name, stray)
+        say(f"removed ranks {', '.join(map(str, stray))} left by an interrupted scale of {record.name}")
+    record.state = "running"
+    record.spec["dp"] = len(record.ranks)
+    records.save(record)
+    return record
+
+
+def _engines(actors: list[str]) -> int:
+    return sum(1 for a in actors if a.rsplit("/", 1)[-1].startswith("engine-"))
 
 
 # --- status -------------------------------------------------------------------------------------------

@@ -132,6 +132,17 @@ def live_groups(name_prefix: str = "dpctl/") -> dict[str, PlacementGroup]:
     return out
 
 
+def ranks_with_objects(deployment: str) -> set[int]:
+    """Rank numbers that have an engine actor or placement group of the deployment."""
+    ranks = set()
+    for name in [*named_actors(prefix(deployment)), *live_groups(prefix(deployment))]:
+        tail = name.rsplit("/", 1)[-1]
+        kind, _, number = tail.partition("-")
+        if kind in ("engine", "pg") and number.isdigit():
+            ranks.add(int(number))
+    return ranks
+
+
 def deployments_with_objects() -> set[str]:
     """Deployment names that have any dpctl-named actor or placement group (records or not)."""
     found = set()

@@ -201,20 +201,7 @@ def plan_from_document(doc: object) -> Plan:
         )
     spec_doc = _mapping(d.get("spec"), "spec")
     try:
-        pack = spec_doc["pack"]
-        if pack not in PACKS:
-            raise PlanFileError(f"spec.pack: must be one of {', '.join(PACKS)}, got {pack!r}")
-        spec = ResolvedSpec(
-            dp=_int(spec_doc["dp"], "spec.dp"),
-            dp_local=_int(spec_doc["dp_local"], "spec.dp_local"),
-            tp=_int(spec_doc["tp"], "spec.tp"),
-            pp=_int(spec_doc["pp"], "spec.pp"),
-            pack=pack,
-            device=str(spec_doc["device"]),
-            cpus=float(spec_doc["cpus"]),
-            master=str(spec_doc["master"]),
-            nodes=tuple(str(n) for n in spec_doc.get("nodes", [])),
-        )
+        spec = spec_from_document(spec_doc)
         name = str(spec_doc["name"])
         ranks = tuple(_rank(r, i, spec) for i, r in enumerate(_list(d.get("ranks"), "ranks")))
         nodes = node_uses((_node(n, i) for i, n in enumerate(_list(d.get("nodes"), "nodes"))), ranks, spec.cpus)
@@ -233,6 +220,24 @@ def plan_from_document(doc: object) -> Plan:
         skipped=(),
         warnings=tuple(str(w) for w in d.get("warnings", [])),
         fingerprint=str(fingerprint),
+    )
+
+
+def spec_from_document(doc: Mapping[str, Any]) -> ResolvedSpec:
+    """The resolved spec back from its document form (plan files, deployment records)."""
+    pack = doc["pack"]
+    if pack not in PACKS:
+        raise PlanFileError(f"spec.pack: must be one of {', '.join(PACKS)}, got {pack!r}")
+    return ResolvedSpec(
+        dp=_int(doc["dp"], "spec.dp"),
+        dp_local=_int(doc["dp_local"], "spec.dp_local"),
+        tp=_int(doc["tp"], "spec.tp"),
+        pp=_int(doc["pp"], "spec.pp"),
+        pack=pack,
+        device=str(doc["device"]),
+        cpus=float(doc["cpus"]),
+        master=str(doc["master"]),
+        nodes=tuple(str(n) for n in doc.get("nodes", [])),
     )
 
 

@@ -39,8 +39,8 @@ def plan(request: PlanRequest) -> Plan | Infeasible:
     check_spec(spec)
     fingerprint = cluster_fingerprint(request.nodes, spec.device)
     ordered = sorted(request.nodes, key=node_order_key)
-    candidates, skipped, warnings = _filter_nodes(ordered, spec)
-    ledger = _Ledger.of(candidates, spec)
+    candidates, skipped, warnings = filter_nodes(ordered, spec)
+    ledger = Ledger.of(candidates, spec)
     master = _choose_master(request, candidates, skipped, ledger, fingerprint)
     if isinstance(master, Infeasible):
         return master
@@ -139,7 +139,7 @@ def node_order_key(node: Node) -> tuple[int, tuple[int, ...], str, str]:
 # --- steps -----------------------------------------------------------------------------------------
 
 
-def _filter_nodes(ordered: Sequence[Node], spec: Placement) -> tuple[list[Node], list[Skip], list[str]]:
+def filter_nodes(ordered: Sequence[Node], spec: Placement) -> tuple[list[Node], list[Skip], list[str]]:
     """Step 1: keep nodes in the allow-list that have the device at all; say why the others are out."""
     allowed = set(spec.nodes)
     seen: set[str] = set()
@@ -164,7 +164,7 @@ def _choose_master(
     request: PlanRequest,
     candidates: list[Node],
     skipped: list[Skip],
-    ledger: _Ledger,
+    ledger: Ledger,
     fingerprint: str,
 ) -> Node | Infeasible:
     """Step 2: the master is named (id, else a unique ip) or, for auto, the head when it can host a rank."""
@@ -222,7 +222,7 @@ def _place_packed(
     request: PlanRequest,
     order: list[Node],
     skipped: list[Skip],
-    ledger: _Ledger,
+    ledger: Ledger,
     fingerprint: str,
 ) -> tuple[list[RankPlacement], int] | Infeasible:
     """Step 3 (strict, fill): whole ranks per node; the master takes dp_local, the others per the mode."""
@@ -282,7 +282,7 @@ def _place_span(
     request: PlanRequest,
     order: list[Node],
     skipped: list[Skip],
-    ledger: _Ledger,
+    ledger: Ledger,
     fingerprint: str,
 ) -> tuple[list[RankPlacement], int] | Infeasible:
     """Step 3 (span): a rank takes whole nodes, as many as the master's free devices divide world_size."""
@@ -311,12 +311,32 @@ def _place_span(
         return infeasible(InfeasibleCode.SPAN_TOO_SMALL)
     if spec.world_size % per_node:
         return infeasible(InfeasibleCode.SPAN_UNEVEN)
+    ranks = span_ranks(order, per_node, spec, ledger, skipped, first_rank=0, count=spec.dp)
+    if len(ranks) < spec.dp:
+        return ledger.insufficient(request, order, ranks, skipped, master, fingerprint)
+    return ranks, 1
+
+
+def span_ranks(
+    order: Iterable[Node],
+    per_node: int,
+    spec: Placement,
+    ledger: Ledger,
+    skipped: list[Skip],
+    *,
+    first_rank: int,
+    count: int,
+) -> list[RankPlacement]:
+    """Up to `count` span ranks from runs of nodes with exactly `per_node` free devices, numbered from first_rank.
+
+    The control bundle goes on the first node of a run with CPUs for it; a run with none drops its first node.
+    """
     group_size = spec.world_size // per_node
     strategy = STRATEGY["span"]
     ranks: list[RankPlacement] = []
     group: list[Node] = []
     for node in order:
-        if len(ranks) == spec.dp:
+        if len(ranks) == count:
             break
         free = node.free_devices(spec.device)
         if free != per_node:
@@ -328,19 +348,17 @@ def _place_span(
             continue
         control = next((n for n in group if ledger.has_cpus(n)), None)
         if control is None:
-            # No node of this run can host the engine actor: drop its first node and slide on.
             skipped.append(ledger.skip(group[0], SkipReason.TOO_FEW_CPUS, per_node, spec.cpus))
             group = group[1:]
             continue
         nodes = tuple(n.id for n in group)
-        ranks.append(RankPlacement(len(ranks), 0, strategy, nodes, (per_node,) * group_size, control.id))
+        rank = first_rank + len(ranks)
+        ranks.append(RankPlacement(rank, 0, strategy, nodes, (per_node,) * group_size, control.id))
         for n in group:
             ledger.take_devices(n, per_node)
         ledger.take_cpus(control, spec.cpus)
         group = []
-    if len(ranks) < spec.dp:
-        return ledger.insufficient(request, order, ranks, skipped, master, fingerprint)
-    return ranks, 1
+    return ranks
 
 
 def node_uses(nodes: Iterable[Node], ranks: Iterable[RankPlacement], cpus: float) -> tuple[NodeUse, ...]:
@@ -370,7 +388,7 @@ def _skip(node: Node, reason: SkipReason, spec: Placement) -> Skip:
 
 
 @dataclass(slots=True)
-class _Ledger:
+class Ledger:  # shared with the scale planner
     """What each candidate node has left while ranks are placed, in Ray's fixed-point units.
 
     Devices count in whole units. When the device is CPU itself, the control bundle draws on the same
@@ -387,7 +405,8 @@ class _Ledger:
     rank_cpu: int  # units one rank takes from `cpu` (0 when the device is CPU)
 
     @classmethod
-    def of(cls, nodes: Sequence[Node], spec: Placement) -> _Ledger:
+    def of(cls, nodes: Sequence[Node], spec: Placement) -> Ledger:
+        """Free devices and CPUs of these nodes, and what one rank of `spec` takes."""
         cpu = {n.id: units(n.available.get("CPU", 0.0)) for n in nodes}
         if spec.device == "CPU":
             return cls(
@@ -408,9 +427,11 @@ class _Ledger:
 
     @property
     def need_devices(self) -> int:
+        """Devices one rank needs."""
         return self.world_size
 
     def ranks_fit(self, node: Node) -> int:
+        """Whole ranks the node can still take."""
         fits = self.dev[node.id] // self.rank_dev
         if self.rank_cpu:
             fits = min(fits, self.cpu[node.id] // self.rank_cpu)
@@ -425,30 +446,37 @@ class _Ledger:
         return self.dev[node.id] >= units(1) and self.has_cpus(node)
 
     def has_cpus(self, node: Node) -> bool:
+        """Whether the node can still take a control bundle."""
         return self.cpu[node.id] >= units(self.cpus)
 
     def take(self, node: Node, ranks: int) -> None:
+        """Book `ranks` whole ranks on the node."""
         self.dev[node.id] -= ranks * self.rank_dev
         self.cpu[node.id] -= ranks * self.rank_cpu
 
     def take_devices(self, node: Node, count: int) -> None:
+        """Book devices on the node (span)."""
         self.dev[node.id] -= units(count)
 
     def take_cpus(self, node: Node, cpus: float) -> None:
+        """Book a control bundle on the node (span)."""
         self.cpu[node.id] -= units(cpus)
 
     def offer(self, node: Node) -> Offer:
+        """What the node has left."""
         if node.id not in self.dev:
             return Offer(node.id, node.ip, node.free_devices(self.device), node.available.get("CPU", 0.0))
         return Offer(node.id, node.ip, self.dev[node.id] // units(1), self.cpu[node.id] / units(1))
 
     def best_offer(self, nodes: Iterable[Node]) -> Offer | None:
+        """The node with the most left: devices, then CPUs, then id."""
         offers = [self.offer(n) for n in nodes]
         if not offers:
             return None
         return min(offers, key=lambda o: (-o.free_devices, -o.free_cpus, o.node))
 
     def skip(self, node: Node, reason: SkipReason, need_devices: int, need_cpus: float) -> Skip:
+        """A skip record with what the node has left."""
         offer = self.offer(node)
         return Skip(
             node=node.id,
@@ -475,6 +503,7 @@ class _Ledger:
         master: Node,
         fingerprint: str,
     ) -> Infeasible:
+        """The nodes ran out with ranks left over: the first of them, its need, the best offer."""
         return Infeasible(
             name=request.name,
             code=InfeasibleCode.INSUFFICIENT,

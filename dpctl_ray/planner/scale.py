@@ -1,0 +1,170 @@
+"""scale(current, nodes, dp): the ranks to add or remove so a running deployment has dp ranks.
+
+Growing places ranks dp_old..dp-1 with the deployment's own pack mode, master, allow-list, device and
+dp_local, against what the cluster has free now (the running ranks already hold theirs). Nodes are
+visited in the planner's order, master first; a node that hosts fewer than dp_local ranks of the
+deployment (after an earlier shrink, or the last node of strict) is topped up before new nodes are
+used, and local ranks continue from the ranks already there. Shrinking removes the highest ranks, so the
+survivors stay 0..dp-1 and none of them moves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+
+from dpctl_ray.planner.model import (
+    STRATEGY,
+    Infeasible,
+    InfeasibleCode,
+    Node,
+    Placement,
+    Plan,
+    PlanRequest,
+    RankPlacement,
+    Skip,
+)
+from dpctl_ray.planner.place import (
+    Ledger,
+    SpecError,
+    cluster_fingerprint,
+    filter_nodes,
+    node_order_key,
+    node_uses,
+    span_ranks,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePlan:
+    """The deployment after scaling (`plan`), and the delta: ranks to create, ranks to remove."""
+
+    name: str
+    before: int
+    plan: Plan
+    added: tuple[RankPlacement, ...]
+    removed: tuple[int, ...]
+
+    @property
+    def after(self) -> int:
+        """The new number of ranks."""
+        return self.plan.spec.dp
+
+
+def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeasible:
+    """The delta that takes `current` to `dp` ranks; the same inputs always give the same delta."""
+    if not isinstance(dp, int) or isinstance(dp, bool) or dp < 1:
+        raise SpecError(f"--dp: must be a positive integer, got {dp!r}")
+    spec = current.spec
+    before = len(current.ranks)
+    ordered = sorted(nodes, key=node_order_key)
+    fingerprint = cluster_fingerprint(nodes, spec.device)
+    if dp <= before:
+        kept = current.ranks[:dp]
+        after = dataclasses.replace(
+            current,
+            spec=dataclasses.replace(spec, dp=dp),
+            ranks=kept,
+            nodes=node_uses(ordered, kept, spec.cpus),
+            fingerprint=fingerprint,
+        )
+        return ScalePlan(current.name, before, after, (), tuple(r.rank for r in current.ranks[dp:]))
+    placement = Placement(
+        dp=dp,
+        tp=spec.tp,
+        pp=spec.pp,
+        dp_local=spec.dp_local if spec.pack != "span" else None,
+        pack=spec.pack,
+        device=spec.device,
+        master=spec.master,
+        nodes=spec.nodes,
+        cpus=spec.cpus,
+    )
+    candidates, skipped, warnings = filter_nodes(ordered, placement)
+    ledger = Ledger.of(candidates, placement)
+    master = next((n for n in candidates if n.id == spec.master), None)
+    order = [*([master] if master else []), *(n for n in candidates if n is not master)]
+    if spec.pack == "span":
+        used = {n for r in current.ranks for n in r.nodes}
+        per_node = current.ranks[0].devices[0] if current.ranks else spec.world_size
+        added = span_ranks(
+            (n for n in order if n.id not in used),
+            per_node,
+            placement,
+            ledger,
+            skipped,
+            first_rank=before,
+            count=dp - before,
+        )
+    else:
+        added = _grow_packed(current, order, master, ledger, skipped, dp)
+    if len(added) < dp - before:
+        if not order:
+            return _no_nodes(current, placement, skipped, fingerprint)
+        request = PlanRequest(current.name, placement, nodes)
+        placed = [*current.ranks, *added]
+        result = ledger.insufficient(request, order, placed, skipped, master or order[0], fingerprint)
+        return dataclasses.replace(result, dp_local=spec.dp_local)
+    ranks = (*current.ranks, *added)
+    after = Plan(
+        name=current.name,
+        spec=dataclasses.replace(spec, dp=dp),
+        ranks=ranks,
+        nodes=node_uses(ordered, ranks, spec.cpus),
+        skipped=tuple(skipped),
+        warnings=tuple(warnings),
+        fingerprint=fingerprint,
+    )
+    return ScalePlan(current.name, before, after, tuple(added), ())
+
+
+def _grow_packed(
+    current: Plan, order: list[Node], master: Node | None, ledger: Ledger, skipped: list[Skip], dp: int
+) -> list[RankPlacement]:
+    """Strict and fill: top up nodes that host fewer than dp_local of the deployment's ranks, then new ones."""
+    spec = current.spec
+    strict = spec.pack == "strict"
+    strategy = STRATEGY[spec.pack]
+    hosted = Counter(r.control for r in current.ranks)
+    added: list[RankPlacement] = []
+    for node in order:
+        remaining = dp - len(current.ranks) - len(added)
+        if remaining == 0:
+            break
+        have = hosted[node.id]
+        fits = ledger.ranks_fit(node)
+        if strict or node is master:
+            room = spec.dp_local - have
+            if room <= 0:
+                continue  # already holds its dp_local ranks
+            take = min(room, remaining)
+            if fits < take:
+                skipped.append(ledger.skip_short(node, take))
+                continue
+        else:
+            take = min(fits, remaining)
+            if take == 0:
+                skipped.append(ledger.skip_short(node, 1))
+                continue
+        first = len(current.ranks) + len(added)
+        added.extend(
+            RankPlacement(first + i, have + i, strategy, (node.id,), (spec.world_size,), node.id) for i in range(take)
+        )
+        ledger.take(node, take)
+    return added
+
+
+def _no_nodes(current: Plan, placement: Placement, skipped: list[Skip], fingerprint: str) -> Infeasible:
+    return Infeasible(
+        name=current.name,
+        code=InfeasibleCode.NO_NODES,
+        spec=placement,
+        rank=len(current.ranks),
+        placed=len(current.ranks),
+        need_devices=placement.world_size,
+        need_cpus=placement.cpus,
+        best=None,
+        skipped=tuple(skipped),
+        fingerprint=fingerprint,
+    )

@@ -1,0 +1,213 @@
+"""`dpctl scale` on the real multi-node cluster: ranks added or stopped, the others untouched."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpctl_ray.launcher.local import LocalState
+from tests.conftest import demo_config, dpctl, dpctl_background, leftovers, ray_driver
+
+pytestmark = pytest.mark.ray
+
+
+def identities(state: LocalState, name: str) -> dict[int, tuple[Any, ...]]:
+    """Per rank: engine actor id, engine pid, device worker pids, granted devices, and the dp it was told."""
+    out = {}
+    with ray_driver(state) as ray:
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor["name"].startswith(f"dpctl/{name}/engine-"):
+                handle = ray.get_actor(actor["name"], namespace="dpctl")
+                health = ray.get(handle.health.remote(), timeout=30)
+                rank = int(actor["name"].rsplit("-", 1)[1])
+                out[rank] = (
+                    handle._actor_id.hex(),
+                    health["pid"],
+                    tuple(health["worker_pids"]),
+                    tuple(health["devices"]),
+                    health["dp"],
+                )
+    return out
+
+
+def objects_of(state: LocalState, name: str) -> list[str]:
+    return sorted(o.split(" ")[1] for o in leftovers(state, name, wait=0))
+
+
+def expect_ranks(state: LocalState, name: str, dp: int) -> dict[int, tuple[Any, ...]]:
+    """The recorded size, the running engines and the placement groups all say dp ranks, each told dp."""
+    status = json.loads(dpctl("status", name, "-o", "json").stdout)["deployments"][0]
+    assert status["dp"] == dp
+    assert [r["rank"] for r in status["ranks"]] == list(range(dp))
+    assert all(r["state"] == "READY" for r in status["ranks"])
+    assert objects_of(state, name) == sorted(
+        [f"dpctl/{name}/engine-{r}" for r in range(dp)] + [f"dpctl/{name}/pg-{r}" for r in range(dp)]
+    )
+    ids = identities(state, name)
+    assert sorted(ids) == list(range(dp))
+    assert all(told == dp for *_, told in ids.values())
+    return ids
+
+
+def scale(name: str, dp: int, *extra: str) -> dict[str, Any]:
+    result = dpctl("scale", name, "--dp", str(dp), "-o", "json", *extra)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("pack", ["strict", "fill"])
+def test_two_four_one_three_without_touching_running_ranks(live: LocalState, tmp_path: Path, pack: str) -> None:
+    """2 -> 4 -> 1 -> 3: every step adds or stops only the ranks it must; the rest keep ids, processes, devices."""
+    name = f"elastic-{pack}"
+    config = demo_config(tmp_path, name, dp=2, tp=2, pack=pack)
+    assert dpctl("up", "-f", config).returncode == 0
+    try:
+        two = expect_ranks(live, name, 2)
+        scale(name, 4)
+        four = expect_ranks(live, name, 4)
+        assert {r: v[:4] for r, v in four.items() if r < 2} == {r: v[:4] for r, v in two.items()}
+        scale(name, 1)
+        one = expect_ranks(live, name, 1)
+        assert one[0][:4] == two[0][:4]
+        doc = scale(name, 3)
+        three = expect_ranks(live, name, 3)
+        assert three[0][:4] == two[0][:4]
+        ranks = doc["deployments"][0]["ranks"]
+        assert ranks[1]["node"] == ranks[0]["node"], "the master is topped up to dp_local first"
+        assert [r["local_rank"] for r in ranks] == [0, 1, 0]
+    finally:
+        dpctl("down", name)
+    assert leftovers(live, name) == []
+
+
+def test_span_one_to_two(live: LocalState, tmp_path: Path) -> None:
+    """A span deployment grows by a rank of two whole new nodes; rank 0 stays as it was."""
+    config = demo_config(tmp_path, "wide", dp=1, tp=8, pack="span")
+    assert dpctl("up", "-f", config).returncode == 0
+    try:
+        one = expect_ranks(live, "wide", 1)
+        doc = scale("wide", 2)
+        two = expect_ranks(live, "wide", 2)
+        assert two[0][:4] == one[0][:4]
+        ranks = doc["deployments"][0]["ranks"]
+        assert len(set(ranks[0]["device_ips"]) | set(ranks[1]["device_ips"])) == 4
+    finally:
+        dpctl("down", "wide")
+    assert leftovers(live, "wide") == []
+
+
+def test_a_failing_new_rank_leaves_the_deployment_at_its_old_size(live: LocalState, tmp_path: Path) -> None:
+    """A new rank that fails to start is removed (exit 4); the running ranks and the recorded size are unchanged."""
+    config = demo_config(tmp_path, "resilient", dp=2, tp=1, fail_ranks=(2,))
+    assert dpctl("up", "-f", config).returncode == 0
+    try:
+        before = expect_ranks(live, "resilient", 2)
+        result = dpctl("scale", "resilient", "--dp", "4")
+        assert result.returncode == 4, result.stderr
+        assert "rank 2 failed to start: demo engine: rank 2 failed to start" in result.stderr
+        assert "resilient keeps running with its 2 ranks" in result.stderr
+        assert expect_ranks(live, "resilient", 2) == before
+    finally:
+        dpctl("down", "resilient")
+
+
+def test_infeasible_dry_run_and_no_op_scales_change_nothing(live: LocalState, tmp_path: Path) -> None:
+    """Too big is exit 3, --dry-run prints the delta, the current size is 'nothing to do': none changes a thing."""
+    config = demo_config(tmp_path, "steady", dp=2, tp=2)
+    assert dpctl("up", "-f", config).returncode == 0
+    try:
+        before = expect_ranks(live, "steady", 2)
+        too_big = dpctl("scale", "steady", "--dp", "40")
+        assert too_big.returncode == 3, too_big.stderr
+        assert "cannot place rank" in too_big.stderr
+        dry = dpctl("scale", "steady", "--dp", "4", "--dry-run", "-o", "json")
+        assert dry.returncode == 0, dry.stderr
+        delta = json.loads(dry.stdout)
+        assert (delta["from"], delta["to"], delta["removed"]) == (2, 4, [])
+        assert [r["rank"] for r in delta["added"]] == [2, 3]
+        shrink = json.loads(dpctl("scale", "steady", "--dp", "1", "--dry-run", "-o", "json").stdout)
+        assert shrink["removed"] == [1]
+        same = dpctl("scale", "steady", "--dp", "2")
+        assert same.returncode == 0
+        assert "steady already has 2 ranks: nothing to do" in same.stderr
+        assert expect_ranks(live, "steady", 2) == before
+        missing = dpctl("scale", "nowhere", "--dp", "2")
+        assert missing.returncode == 2
+        assert "no deployment named 'nowhere'" in missing.stderr
+    finally:
+        dpctl("down", "steady")
+
+
+def test_concurrent_scales_one_wins(live: LocalState, tmp_path: Path) -> None:
+    """Two scales of one deployment at once: one runs, the other exits 4; the recorded size matches what runs."""
+    config = demo_config(tmp_path, "contested", dp=1, tp=1, init_seconds=2)
+    assert dpctl("up", "-f", config).returncode == 0
+    try:
+        procs = [dpctl_background("scale", "contested", "--dp", str(dp)) for dp in (3, 2)]
+        results = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+        codes = sorted(code for code, _ in results)
+        assert codes == [0, 4], results
+        assert "is being changed by another dpctl command: `dpctl scale`" in next(e for c, e in results if c == 4)
+        winner = 3 if results[0][0] == 0 else 2
+        expect_ranks(live, "contested", winner)
+    finally:
+        dpctl("down", "contested")
+
+
+def test_up_converges_dp_by_scaling_and_refuses_other_changes(live: LocalState, tmp_path: Path) -> None:
+    """`up` with a new dp scales (running ranks untouched); another change is refused unless --recreate."""
+    config = demo_config(tmp_path, "declared", dp=1, tp=2)
+    assert dpctl("up", "-f", config).returncode == 0
+    try:
+        one = expect_ranks(live, "declared", 1)
+        grown = dpctl("up", "-f", config, "--dp", "2")
+        assert grown.returncode == 0, grown.stderr
+        assert "declared runs with dp 1: scaling it to 2" in grown.stderr
+        assert expect_ranks(live, "declared", 2)[0][:4] == one[0][:4]
+        refused = dpctl("up", "-f", config, "--dp", "2", "--tp", "1")
+        assert refused.returncode == 2
+        assert "placement.tp: 2 -> 1" in refused.stderr
+        recreated = dpctl("up", "-f", config, "--dp", "2", "--tp", "1", "--recreate")
+        assert recreated.returncode == 0, recreated.stderr
+        fresh = expect_ranks(live, "declared", 2)
+        assert fresh[0][0] != one[0][0]
+        status = json.loads(dpctl("status", "declared", "-o", "json").stdout)["deployments"][0]
+        assert status["world_size"] == 1
+    finally:
+        dpctl("down", "declared")
+
+
+def test_interrupted_scale_up_keeps_the_old_size(live: LocalState, tmp_path: Path) -> None:
+    """Ctrl-C while new ranks load removes only them (exit 130); a SIGKILLed scale is recovered by the next one."""
+    config = demo_config(tmp_path, "steadfast", dp=1, tp=1, init_seconds=60)
+    assert dpctl("up", "-f", config, "--ready-timeout", "300", timeout=180).returncode == 0
+    try:
+        before = expect_ranks(live, "steadfast", 1)
+        proc = dpctl_background("scale", "steadfast", "--dp", "2")
+        deadline = time.monotonic() + 60
+        while "dpctl/steadfast/engine-1" not in objects_of(live, "steadfast") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert expect_ranks(live, "steadfast", 1) == before
+
+        proc = dpctl_background("scale", "steadfast", "--dp", "2")
+        deadline = time.monotonic() + 60
+        while "dpctl/steadfast/engine-1" not in objects_of(live, "steadfast") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait()
+        recovered = dpctl("scale", "steadfast", "--dp", "1")
+        assert recovered.returncode == 0, recovered.stderr
+        assert "removed ranks 1 left by an interrupted scale of steadfast" in recovered.stderr
+        assert expect_ranks(live, "steadfast", 1) == before
+    finally:
+        dpctl("down", "steadfast")
+    assert leftovers(live, "steadfast") == []
