@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up_command)
     app.command("status")(status_command)
     app.command("scale")(scale_command)
+    app.command("logs")(logs_command)
     app.command("down")(down_command)
 
 
@@ -109,6 +110,7 @@ def up_command(
         cpus=cpus,
     )
     config = _with_timeouts(config, placement_timeout, ready_timeout)
+    check_engine(config)
     if planned is not None:
         if name is not None:
             planned = dataclasses.replace(planned, name=config.name)
@@ -134,6 +136,67 @@ def up_command(
             show_delta=lambda delta: console.info(delta_title(delta)),
         )
         _report_up(result, output)
+
+
+def check_engine(config: Config) -> None:
+    """A python engine's class must load here and keep the contract: a config error now, not a crash on a node."""
+    if config.engine.kind != "python":
+        return
+    from dpctl_ray.engines.base import EngineError  # noqa: PLC0415
+    from dpctl_ray.engines.loader import load_engine_class  # noqa: PLC0415
+
+    try:
+        load_engine_class(config.engine.cls)
+    except EngineError as exc:
+        raise BadInput(
+            str(exc),
+            hint="dpctl checks the class where you run it; it must also be importable on every node",
+            code="bad_engine",
+        ) from None
+
+
+def logs_command(
+    name: NameArg = None,
+    rank: Annotated[
+        Optional[list[int]], typer.Option("--rank", "-r", help="Only this rank (repeatable).", metavar="R")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
+    tail: Annotated[
+        int, typer.Option("--tail", "-n", help="Lines to show from the end of each log.", metavar="N")
+    ] = 50,
+    file: options.ConfigFile = None,
+    address: options.Address = None,
+) -> None:
+    """Each rank's log, read on its node; prefixed by rank when several are shown."""
+    if tail < 0:
+        raise BadInput(f"--tail: must be a number of lines >= 0, got {tail}")
+    config = options.resolve_config(file, address=address)
+    target = name or config.name
+    from dpctl_ray.launcher.cluster import connect  # noqa: PLC0415
+
+    with connect(config.cluster, start_local=False):
+        from dpctl_ray.launcher.deploy import log_sources, read_logs  # noqa: PLC0415 - after connect: imports Ray
+
+        sources = log_sources(target, rank)
+        for source in sources:
+            if not source.alive:
+                console.warn(f"rank {source.rank}: its node is gone, so is its log ({source.path})")
+        prefix = len(sources) > 1
+
+        def show(texts: dict[int, str]) -> None:
+            for r in sorted(texts):
+                for line in texts[r].splitlines():
+                    console.write_stdout(f"[rank {r}] {line}\n" if prefix else f"{line}\n")
+
+        show(read_logs(sources, tail=tail))
+        if not follow:
+            return
+        try:
+            while True:
+                time.sleep(0.5)
+                show(read_logs(sources, tail=None))
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how following ends
 
 
 def _with_timeouts(config: Config, placement: float | None, ready: float | None) -> Config:

@@ -52,7 +52,7 @@ class LiveView:
         if rank.phase is RankPhase.READY:
             text = f"ready{where}, devices {devices_text(rank.devices, rank.device_ips)} ({rank.ready_in or 0:.1f}s)"
         elif rank.phase is RankPhase.FAILED:
-            text = f"failed: {rank.message}"
+            text = f"failed: {rank.message.splitlines()[0] if rank.message else ''}"
         elif rank.phase is RankPhase.PLACED:
             text = f"placed{where}"
         console.info(f"  rank {rank.rank}: {text}")

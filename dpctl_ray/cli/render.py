@@ -196,7 +196,9 @@ def launch_rows(ranks: Sequence[Any], now: float, started: float) -> list[tuple[
         if r.phase.value == "loading" and r.progress is not None:
             phase = f"loading {r.progress:4.0%}"
         elif r.phase.value == "failed" and r.message:
-            phase = f"failed: {r.message}"
+            phase = f"failed: {r.message.splitlines()[0]}"
+        elif r.phase.value == "loading" and r.message:
+            phase += f" {r.message[:40]}"
         elapsed = r.ready_in if r.ready_in is not None else now - started
         rows.append((str(r.rank), r.ip, devices_text(r.devices, r.device_ips), phase, f"{elapsed:.1f}s"))
     return rows

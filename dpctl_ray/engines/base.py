@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
@@ -27,16 +28,24 @@ class EngineContext:
     node_ip: str
     master_ip: str  # rank 0's node
     master_port: int
-    port: int  # a port free on this node when the engine started, for the engine's own server
-    log_dir: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    port: int  # engine.base_port + local_rank, or a port free on this node when the engine started
+    tp: int = 1
+    pp: int = 1
+    log_path: str = ""  # this rank's log file on its node
+
+    def log(self, line: str) -> None:
+        """Append a timestamped line to this rank's log (what `dpctl logs` shows)."""
+        if self.log_path:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with open(self.log_path, "a", encoding="utf-8") as f:  # noqa: PTH123
+                f.write(f"{stamp} {line}\n")
 
 
 class Progress(Protocol):
     """How an engine reports loading progress while `start` runs."""
 
-    def progress(self, fraction: float, message: str = "") -> None:
-        """Report 0..1 of the way to ready."""
+    def progress(self, fraction: float | None, message: str = "") -> None:
+        """Report 0..1 of the way to ready (None: no percentage, only a message)."""
 
 
 @dataclass(frozen=True, slots=True)

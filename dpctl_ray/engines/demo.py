@@ -28,6 +28,7 @@ class DemoEngine:
                 raise EngineError(msg)
             time.sleep(self.init_seconds / steps)
             progress.progress((step + 1) / steps, "loading weights")
+            ctx.log(f"demo engine: loading weights {100 * (step + 1) // steps}%")
         if ctx.rank in self.fail_ranks:
             msg = f"demo engine: rank {ctx.rank} failed to start (engine.fail_ranks lists it; a drill)"
             raise EngineError(msg)

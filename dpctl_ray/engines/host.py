@@ -6,12 +6,14 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dpctl_ray.engines.base import Engine, EngineContext, EngineError
+from dpctl_ray.engines.loader import load_engine_class
 from dpctl_ray.engines.protocol import Phase
 from dpctl_ray.engines.report import StreamReporter
 
@@ -31,10 +33,20 @@ class RankLaunch:
     device: str
     master_ip: str
     master_port: int
+    tp: int = 1
+    pp: int = 1
+
+
+def log_path(log_dir: str, deployment: str, rank: int) -> str:
+    """Where a rank's log lives on its node."""
+    return str(Path(log_dir) / deployment / f"rank-{rank}.log")
 
 
 class DeviceWorker:
     """Holds one device bundle, as vLLM's workers do: the device ids it reports are the ones Ray granted."""
+
+    def __init__(self, device: str) -> None:
+        self._device = device
 
     def info(self) -> dict[str, Any]:
         """Granted device ids, node and process of this worker."""
@@ -46,9 +58,6 @@ class DeviceWorker:
             "pid": os.getpid(),
         }
 
-    def __init__(self, device: str) -> None:
-        self._device = device
-
 
 RemoteDeviceWorker: Any = ray.remote(DeviceWorker)
 
@@ -59,9 +68,19 @@ def make_engine(spec: dict[str, Any]) -> Engine:
     if kind == "demo":
         from dpctl_ray.engines.demo import DemoEngine  # noqa: PLC0415
 
-        return DemoEngine(
-            init_seconds=float(spec.get("init_seconds", 1.0)), fail_ranks=tuple(spec.get("fail_ranks", ()))
-        )
+        init_seconds = float(spec.get("init_seconds", 1.0))
+        return DemoEngine(init_seconds=init_seconds, fail_ranks=tuple(spec.get("fail_ranks", ())))
+    if kind == "command":
+        from dpctl_ray.engines.command import CommandEngine  # noqa: PLC0415
+
+        return CommandEngine(spec)
+    if kind == "python":
+        cls = load_engine_class(spec["class"])
+        try:
+            engine: Engine = cls(**spec.get("args", {}))
+        except TypeError as exc:
+            raise EngineError(f"engine.args: {spec['class']} does not take these arguments: {exc}") from None
+        return engine
     raise EngineError(f"engine.kind: unknown kind {kind!r}")
 
 
@@ -83,11 +102,17 @@ class EngineHost:
         self.ip = ray.util.get_node_ip_address()
         self.devices: tuple[str, ...] = ()
         self.device_ips: tuple[str, ...] = ()
+        self.worker_pids: tuple[int, ...] = ()
+        self.log_path = log_path(engine.get("log_dir", "/tmp/dpctl-logs"), launch.deployment, launch.rank)  # noqa: S108
+        Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+        base_port = int(engine.get("base_port") or 0)
+        self.port = base_port + launch.local_rank if base_port else _free_port(self.ip)
         self._reporter = StreamReporter(launch.stream, launch.deployment, launch.token, launch.rank)
         self._reporter.send(Phase.STARTING, "engine actor up", node=self.node, ip=self.ip)
+        self.ctx: EngineContext | None = None
         try:
             self.workers = self._start_workers(placement_group)
-            ctx = EngineContext(
+            self.ctx = EngineContext(
                 deployment=launch.deployment,
                 rank=launch.rank,
                 local_rank=launch.local_rank,
@@ -101,18 +126,27 @@ class EngineHost:
                 node_ip=self.ip,
                 master_ip=launch.master_ip,
                 master_port=launch.master_port,
-                port=_free_port(self.ip),
+                port=self.port,
+                tp=launch.tp,
+                pp=launch.pp,
+                log_path=self.log_path,
+            )
+            self.ctx.log(
+                f"dpctl: rank {launch.rank} of {launch.dp} ({launch.deployment}) on {self.ip}, "
+                f"devices {','.join(self.devices) or '-'}, port {self.port}"
             )
             self.engine = make_engine(engine)
-            self.engine.start(ctx, self._reporter)
+            self.engine.start(self.ctx, self._reporter)
         except BaseException as exc:
-            self._reporter.send(
-                Phase.FAILED, f"{type(exc).__name__}: {exc}" if not isinstance(exc, EngineError) else str(exc)
-            )
+            message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+            if self.ctx is not None:
+                self.ctx.log(f"dpctl: failed to start: {message}")
+            self._reporter.send(Phase.FAILED, message)
             self._reporter.close()
             raise
         self.state = "READY"
         self.since = time.time()
+        self.ctx.log("dpctl: ready")
         self._reporter.send(Phase.READY, devices=self.devices, node=self.node, ip=self.ip)
 
     def _start_workers(self, placement_group: Any) -> list[Any]:
@@ -161,17 +195,46 @@ class EngineHost:
             "dp": self.dp,
             "pid": os.getpid(),
             "worker_pids": list(self.worker_pids),
+            "port": self.port,
+            "process_pid": getattr(self.engine, "pid", None),
+            "log_path": self.log_path,
         }
 
     def set_dp(self, dp: int) -> None:
         """Tell the engine the deployment's new size."""
         self.dp = dp
         self.engine.set_dp(dp)
+        if self.ctx is not None:
+            self.ctx.log(f"dpctl: the deployment now has {dp} ranks")
 
     def stop(self) -> None:
-        """Stop the engine (its workers go with this actor)."""
+        """Stop the engine (and any process it runs); its workers go with this actor."""
         self.engine.stop()
+        if self.ctx is not None:
+            self.ctx.log("dpctl: stopped")
         self._reporter.close()
+
+
+@ray.remote(num_cpus=0)
+def read_log(path: str, offset: int, limit: int, tail: int | None) -> tuple[str, int]:
+    """Read a rank's log on its node: `tail` last lines (from the end), or up to `limit` bytes from `offset`."""
+    try:
+        with open(path, "rb") as f:  # noqa: PTH123
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if tail is not None:
+                start = max(size - 256 * 1024, 0)
+                f.seek(start)
+                lines = f.read().decode(errors="replace").splitlines(keepends=True)
+                return "".join(lines[-tail:] if tail else []), size
+            if offset > size:
+                offset = 0  # the file was replaced: start over
+            f.seek(offset)
+            data = f.read(limit)
+    except FileNotFoundError:
+        return "", 0
+    cut = data.rfind(b"\n") + 1 if len(data) == limit else len(data)
+    return data[:cut].decode(errors="replace"), offset + cut
 
 
 def _free_port(ip: str) -> int:

@@ -61,9 +61,9 @@ class StreamReporter:
         with contextlib.suppress(self._again):
             self._socket.send(frame.encode(), self._noblock)
 
-    def progress(self, fraction: float, message: str = "") -> None:
-        """Report loading progress (0..1)."""
-        self.send(Phase.PROGRESS, message, progress=min(max(fraction, 0.0), 1.0))
+    def progress(self, fraction: float | None, message: str = "") -> None:
+        """Report loading progress (0..1, or None for a message alone)."""
+        self.send(Phase.PROGRESS, message, progress=None if fraction is None else min(max(fraction, 0.0), 1.0))
 
     def close(self) -> None:
         """Flush (up to the linger time) and close."""

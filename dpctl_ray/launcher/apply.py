@@ -137,6 +137,8 @@ class Launch:
                 device=spec.device,
                 master_ip=master_ip,
                 master_port=self.master_port,
+                tp=spec.tp,
+                pp=spec.pp,
             )
             actor = objects.create_engine(plan.name, launch, self.engine, groups[rank.rank], spec.cpus)
             self.created.actors.append(actor)

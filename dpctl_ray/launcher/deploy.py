@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from dpctl_ray.planner.place import cluster_fingerprint
 from dpctl_ray.planner.scale import ScalePlan
 
 HEALTH_TIMEOUT = 2.0
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0  # beyond the engine's own stop grace
 
 
 def request_document(spec: Placement) -> dict[str, Any]:
@@ -37,9 +38,7 @@ def request_document(spec: Placement) -> dict[str, Any]:
 
 def engine_document(config: Config) -> dict[str, Any]:
     """The engine section as engines receive it."""
-    doc = dataclasses.asdict(config.engine)
-    doc["fail_ranks"] = list(config.engine.fail_ranks)
-    return doc
+    return config.engine.to_document()
 
 
 @dataclass(slots=True)
@@ -194,6 +193,7 @@ def _launch(
         observer=observer,
         bind_ip=_bind_ip(),
         node_ips=ips,
+        master_port=master_port(plan.name, engine),
     )
     record.token = launch.token
     records.save(record)  # first, so that `down` finds even a launch whose CLI is killed
@@ -215,6 +215,14 @@ def _launch(
     record.state = "running"
     records.save(record)
     return UpResult(record, plan, result)
+
+
+def master_port(name: str, engine: dict[str, Any]) -> int:
+    """{master_port}: engine.master_port, else a port in 20000-39999 derived from the name (same for every rank)."""
+    configured = int(engine.get("master_port") or 0)
+    if configured:
+        return configured
+    return 20000 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 20000
 
 
 def _bind_ip() -> str | None:
@@ -304,7 +312,7 @@ def _scale_locked(
         record.ranks = [r for r in record.ranks if r.rank < dp]
         record.spec["dp"] = dp
         records.save(record)
-        _stop(record.name, list(delta.removed))
+        _stop(record.name, list(delta.removed), float(record.engine.get("stop_grace", 0)))
         objects.remove_ranks(record.name, list(delta.removed))
         launch = None
     else:
@@ -318,6 +326,7 @@ def _scale_locked(
             observer=observer,
             bind_ip=_bind_ip(),
             node_ips=ips,
+            master_port=master_port(record.name, record.engine),
         )
         try:
             launch = run.run()
@@ -349,12 +358,12 @@ def _scale_locked(
     return ScaleResult(record, delta, launch, untold=_tell_dp(record.name, survivors, dp))
 
 
-def _stop(name: str, ranks: list[int]) -> None:
-    """Ask these ranks' engines to stop (briefly) before their actors and groups are removed."""
+def _stop(name: str, ranks: list[int], grace: float) -> None:
+    """Ask these ranks' engines to stop (processes get SIGTERM, then SIGKILL after `grace`) before removal."""
     engines = [e for e in (objects.find_engine(name, r) for r in ranks) if e is not None]
     stops = [e.stop.remote() for e in engines]
     if stops:
-        ray.wait(stops, num_returns=len(stops), timeout=STOP_TIMEOUT)
+        ray.wait(stops, num_returns=len(stops), timeout=grace + STOP_TIMEOUT)
 
 
 def _tell_dp(name: str, ranks: list[int], dp: int) -> list[int]:
@@ -407,6 +416,8 @@ class RankStatus:
     detail: str = ""
     device_ips: list[str] = field(default_factory=list)
     dp: int | None = None  # the dp size the engine was last told
+    port: int | None = None  # the rank's {port}
+    process_pid: int | None = None  # the rank's process (command engines)
 
 
 @dataclass(slots=True)
@@ -490,6 +501,8 @@ def _rank_status(rank: RankRecord, ref: Any, done: set[Any], alive_nodes: set[st
     status.ip = health.get("ip", status.ip)
     status.since = float(health.get("since", status.since))
     status.dp = health.get("dp")
+    status.port = health.get("port")
+    status.process_pid = health.get("process_pid")
     return status
 
 
@@ -517,12 +530,75 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
                         "detail": r.detail,
                         "device_ips": r.device_ips,
                         "dp": r.dp,
+                        "port": r.port,
+                        "process_pid": r.process_pid,
                     }
                     for r in s.ranks
                 ],
             }
         )
     return {"deployments": deployments}
+
+
+# --- logs ---------------------------------------------------------------------------------------------
+
+LOG_READ_TIMEOUT = 10.0
+FOLLOW_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class LogSource:
+    """Where one rank's log is: its node (if alive), the file, and how far it has been read."""
+
+    rank: int
+    node: str
+    path: str
+    alive: bool
+    offset: int = 0
+
+
+def log_sources(name: str, ranks: list[int] | None) -> list[LogSource]:
+    """The log files of a deployment's ranks (all, or those asked for), from its record."""
+    from dpctl_ray.engines.host import log_path  # noqa: PLC0415
+
+    record = records.load(name)
+    if record is None:
+        raise BadInput(
+            f"no deployment named {name!r} in this cluster", hint="`dpctl status` lists them", code="no_deployment"
+        )
+    known = {r.rank: r for r in record.ranks}
+    missing = [r for r in ranks or [] if r not in known]
+    if missing:
+        raise BadInput(f"--rank: {name} has no rank {missing[0]} (ranks 0..{len(known) - 1})")
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    log_dir = str(record.engine.get("log_dir", "/tmp/dpctl-logs"))  # noqa: S108
+    return [
+        LogSource(r, known[r].control, log_path(log_dir, name, r), known[r].control in alive)
+        for r in (ranks or sorted(known))
+    ]
+
+
+def read_logs(sources: list[LogSource], *, tail: int | None) -> dict[int, str]:
+    """New text of each rank's log, read on its own node in parallel (`tail` lines the first time)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
+
+    from dpctl_ray.engines.host import read_log  # noqa: PLC0415
+
+    calls = {}
+    for source in sources:
+        if source.alive:
+            pinned = read_log.options(scheduling_strategy=NodeAffinitySchedulingStrategy(source.node, soft=False))
+            calls[pinned.remote(source.path, source.offset, FOLLOW_CHUNK, tail)] = source
+    out: dict[int, str] = {}
+    if not calls:
+        return out
+    done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=LOG_READ_TIMEOUT)
+    for ref in done:
+        source = calls[ref]
+        with contextlib.suppress(Exception):
+            text, source.offset = ray.get(ref)
+            out[source.rank] = text
+    return out
 
 
 # --- down ---------------------------------------------------------------------------------------------
@@ -557,14 +633,10 @@ def down(name: str, *, force: bool) -> DownResult:
 
 
 def _remove(name: str) -> DownResult:
-    engines = []
-    for actor_name in objects.named_actors(records.prefix(name)):
-        if actor_name.rsplit("/", 1)[-1].startswith("engine-"):
-            with contextlib.suppress(ValueError):
-                engines.append(ray.get_actor(actor_name, namespace=records.NAMESPACE))
-    stops = [engine.stop.remote() for engine in engines]
-    if stops:
-        ray.wait(stops, num_returns=len(stops), timeout=STOP_TIMEOUT)
+    record = records.load(name)
+    grace = float(record.engine.get("stop_grace", 0)) if record else 0.0
+    ranks = sorted(objects.ranks_with_objects(name))
+    _stop(name, ranks, grace)
     removed = objects.sweep(name)
     had_record = records.delete(name)
     return DownResult(name, removed.actors, removed.groups, had_record)
