@@ -19,7 +19,7 @@ from dpctl_ray.config import config_from_document, load_config
 from dpctl_ray.engines.base import EngineContext
 from dpctl_ray.engines.command import render
 from dpctl_ray.launcher.local import LocalState
-from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, dpctl, leftovers, ray_driver
+from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, dpctl, dpctl_background, leftovers, ray_driver
 
 FAKE_VLLM = str(ROOT / "tests" / "fake_vllm.py")
 
@@ -312,6 +312,15 @@ def test_a_killed_process_shows_failed_and_logs_show_every_rank(live: LocalState
         bad = dpctl("logs", "fragile", "--rank", "7")
         assert bad.returncode == 2
         assert "fragile has no rank 7" in bad.stderr
+
+        follower = dpctl_background("logs", "fragile", "--rank", "0", "-f", "--tail", "0")
+        time.sleep(4)
+        started_with(ranks[0])  # the stand-in logs each request it serves
+        time.sleep(2)
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=30)
+        assert follower.returncode == 0, err
+        assert '"GET /dpctl-test HTTP/1.1" 200' in out
     finally:
         dpctl("down", "fragile")
     assert leftovers(live, "fragile") == []

@@ -218,3 +218,35 @@ def test_status_of_an_unknown_deployment_is_exit_2(live_cli: Invoke) -> None:
     result = live_cli("status", "ghost")
     assert result.exit_code == 2, result.output
     assert "no deployment named 'ghost' in this cluster" in result.stderr
+
+
+def test_keep_on_failure_keeps_the_launch_for_debugging(live: LocalState, tmp_path: Path) -> None:
+    """--keep-on-failure leaves a failed launch in place (and says so); status shows it, down removes it."""
+    config = demo_config(tmp_path, "kept", dp=2, tp=1, fail_ranks=(1,))
+    result = dpctl("up", "-f", config, "--keep-on-failure")
+    assert result.returncode == 4, result.stderr
+    assert "kept what was created for debugging (--keep-on-failure)" in result.stderr
+    try:
+        assert "group dpctl/kept/pg-1" in " ".join(leftovers(live, "kept", wait=0))
+        status = json.loads(dpctl("status", "kept", "-o", "json").stdout)["deployments"][0]
+        assert status["state"] == "failed"
+        assert {r["rank"]: r["state"] for r in status["ranks"]}[1] in ("DEAD", "FAILED")
+    finally:
+        down = dpctl("down", "kept")
+    assert down.returncode == 0, down.stderr
+    assert leftovers(live, "kept") == []
+
+
+def test_status_watch_redraws_until_ctrl_c(live: LocalState, tmp_path: Path) -> None:
+    """`status --watch` keeps showing the ranks and ends cleanly (exit 0) on Ctrl-C."""
+    config = demo_config(tmp_path, "watched", dp=1, tp=1)
+    up_json(config)
+    try:
+        proc = dpctl_background("status", "--watch", "--interval", "0.5")
+        time.sleep(6)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "watched: 1 rank of TP 1, pack strict, running: 1 READY" in out
+    finally:
+        dpctl("down", "watched")

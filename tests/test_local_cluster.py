@@ -49,6 +49,9 @@ def test_up_on_a_fresh_machine_starts_its_own_cluster(ray_cluster: local.LocalSt
         table = run(home, "cluster", "status", cwd=tmp_path)
         assert table.returncode == 0, table.stderr
         assert "worker-2   127.0.0.3" in table.stdout
+        doc = json.loads(run(home, "cluster", "status", "-o", "json", cwd=tmp_path).stdout)
+        assert doc["running"] is True
+        assert [n["ip"] for n in doc["nodes"][1:]] == ["127.0.0.2", "127.0.0.3"]
 
         again = run(home, "cluster", "up", cwd=tmp_path)
         assert again.returncode == 0

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from dpctl_ray.launcher.deploy import DeploymentStatus, DownResult, ScaleResult, UpResult
     from dpctl_ray.planner.model import Plan
 
-NameArg = Annotated[Optional[str], typer.Argument(help="Deployment name (default: from the config, else demo).")]
+NameArg = Annotated[
+    Optional[str], typer.Argument(help="Deployment name (default: from the config, else demo).", metavar="NAME")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -164,7 +166,7 @@ def logs_command(
     tail: Annotated[
         int, typer.Option("--tail", "-n", help="Lines to show from the end of each log.", metavar="N")
     ] = 50,
-    file: options.ConfigFile = None,
+    file: options.ConfigFileLongOnly = None,
     address: options.Address = None,
 ) -> None:
     """Each rank's log, read on its node; prefixed by rank when several are shown."""

@@ -25,6 +25,10 @@ ConfigFile = Annotated[
     Optional[str],
     typer.Option("-f", "--file", help="Config file (default: ./dpctl.yaml when present).", metavar="FILE"),
 ]
+ConfigFileLongOnly = Annotated[  # for `logs`, where -f means --follow as in tail -f
+    Optional[str],
+    typer.Option("--file", help="Config file (default: ./dpctl.yaml when present).", metavar="FILE"),
+]
 Name = Annotated[
     Optional[str], typer.Option("--name", help="Deployment name (default: from the config, else demo).", metavar="NAME")
 ]

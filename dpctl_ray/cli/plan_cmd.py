@@ -11,7 +11,7 @@ from dpctl_ray.cli import console, options
 from dpctl_ray.cli.explain import SKIP_COLUMNS, infeasible_error, skip_rows
 from dpctl_ray.cli.render import RANK_COLUMNS, node_columns, node_rows, plan_title, rank_rows, table
 from dpctl_ray.config import Config
-from dpctl_ray.errors import BadInput
+from dpctl_ray.errors import BadInput, InfeasibleError
 from dpctl_ray.files import dump_yaml, load_document
 from dpctl_ray.planner import Infeasible, InfeasibleCode, Node, Plan, PlanRequest, Skip, SkipReason, plan
 from dpctl_ray.planner.document import dumps, plan_json, plan_to_document
@@ -92,13 +92,8 @@ def make_plan(config: Config, nodes: tuple[Node, ...]) -> Plan:
     """Plan, printing warnings; an infeasible result becomes InfeasibleError after its causes are shown."""
     result = plan(PlanRequest(name=config.name, spec=config.placement, nodes=nodes))
     if isinstance(result, Infeasible):
-        passed_over = _worth_showing(result.skipped, show_deviceless=result.code is InfeasibleCode.NO_NODES)
-        if passed_over and not console.session.json_errors:
-            rows = skip_rows(passed_over, result.spec.device)
-            console.print_err(table(SKIP_COLUMNS, rows, title="nodes passed over"))
-        raise infeasible_error(result)
-    for warning in result.warnings:
-        console.warn(warning)
+        raise _infeasible(result)
+    _warn(result.warnings)
     return result
 
 
@@ -106,14 +101,23 @@ def make_delta(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan:
     """The scale delta, printing warnings; infeasible becomes InfeasibleError after its causes are shown."""
     result = scale(current, nodes, dp)
     if isinstance(result, Infeasible):
-        passed_over = _worth_showing(result.skipped, show_deviceless=result.code is InfeasibleCode.NO_NODES)
-        if passed_over and not console.session.json_errors:
-            rows = skip_rows(passed_over, result.spec.device)
-            console.print_err(table(SKIP_COLUMNS, rows, title="nodes passed over"))
-        raise infeasible_error(result)
-    for warning in result.plan.warnings:
-        console.warn(warning)
+        raise _infeasible(result)
+    _warn(result.plan.warnings)
     return result
+
+
+def _infeasible(result: Infeasible) -> InfeasibleError:
+    """Show the nodes passed over (unless the output is a JSON document), and return the error to raise."""
+    passed_over = _worth_showing(result.skipped, show_deviceless=result.code is InfeasibleCode.NO_NODES)
+    if passed_over and not console.session.json_errors:
+        rows = skip_rows(passed_over, result.spec.device)
+        console.print_err(table(SKIP_COLUMNS, rows, title="nodes passed over"))
+    return infeasible_error(result)
+
+
+def _warn(warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        console.warn(warning)
 
 
 def show_plan(result: Plan, *, full: bool) -> None:

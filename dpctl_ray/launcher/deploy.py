@@ -476,8 +476,10 @@ def _rank_status(rank: RankRecord, ref: Any, done: set[Any], alive_nodes: set[st
         status.state, status.detail = "DEAD", f"node {gone[0][:12]} is gone"
         return status
     if ref is None:
-        status.state = "DEAD" if record.state == "running" else "PENDING"
-        status.detail = "engine actor is gone" if record.state == "running" else "waiting for placement"
+        if record.state in ("running", "failed"):
+            status.state, status.detail = "DEAD", f"engine actor is gone; `dpctl logs {record.name} -r {rank.rank}`"
+        else:
+            status.state, status.detail = "PENDING", "waiting for placement"
         return status
     if ref not in done:
         if rank.since:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from dpctl_ray.errors import BadInput
@@ -245,20 +245,45 @@ def _place_packed(
             master=master.id,
             fingerprint=fingerprint,
         )
+    ranks = packed_ranks(order, master, ledger, skipped, spec, dp_local, hosted={}, first_rank=0, count=spec.dp)
+    if len(ranks) < spec.dp:
+        return replace(ledger.insufficient(request, order, ranks, skipped, master, fingerprint), dp_local=dp_local)
+    return ranks, dp_local
+
+
+def packed_ranks(
+    order: Iterable[Node],
+    master: Node | None,
+    ledger: Ledger,
+    skipped: list[Skip],
+    spec: Placement | ResolvedSpec,
+    dp_local: int,
+    *,
+    hosted: Mapping[str, int],
+    first_rank: int,
+    count: int,
+) -> list[RankPlacement]:
+    """Up to `count` strict/fill ranks numbered from `first_rank`, node by node in `order`.
+
+    `hosted` counts the ranks each node already holds (a running deployment's, for a scale-up): the master
+    and, under strict, every node is filled up to dp_local; under fill other nodes take what fits. Local
+    ranks continue from what a node already holds.
+    """
     strategy = STRATEGY[spec.pack]
     strict = spec.pack == "strict"
     devices = (spec.world_size,)
     ranks: list[RankPlacement] = []
     add = ranks.append
     for node in order:
-        remaining = spec.dp - len(ranks)
+        remaining = count - len(ranks)
         if remaining == 0:
             break
+        have = hosted.get(node.id, 0)
         fits = ledger.ranks_fit(node)
-        if node is master:
-            take = dp_local
-        elif strict:
-            take = min(dp_local, remaining)
+        if strict or node is master:
+            take = min(dp_local - have, remaining)
+            if take <= 0:
+                continue  # already holds its dp_local ranks
             if fits < take:
                 skipped.append(ledger.skip_short(node, take))
                 continue
@@ -269,13 +294,11 @@ def _place_packed(
                 continue
         node_id = node.id
         nodes = (node_id,)
-        first = len(ranks)
-        for local_rank in range(take):
-            add(RankPlacement(first + local_rank, local_rank, strategy, nodes, devices, node_id))
+        first = first_rank + len(ranks)
+        for i in range(take):
+            add(RankPlacement(first + i, have + i, strategy, nodes, devices, node_id))
         ledger.take(node, take)
-    if len(ranks) < spec.dp:
-        return replace(ledger.insufficient(request, order, ranks, skipped, master, fingerprint), dp_local=dp_local)
-    return ranks, dp_local
+    return ranks
 
 
 def _place_span(

@@ -15,7 +15,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 from dpctl_ray.planner.model import (
-    STRATEGY,
     Infeasible,
     InfeasibleCode,
     Node,
@@ -32,6 +31,7 @@ from dpctl_ray.planner.place import (
     filter_nodes,
     node_order_key,
     node_uses,
+    packed_ranks,
     span_ranks,
 )
 
@@ -98,7 +98,10 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
             count=dp - before,
         )
     else:
-        added = _grow_packed(current, order, master, ledger, skipped, dp)
+        hosted = Counter(r.control for r in current.ranks)
+        added = packed_ranks(
+            order, master, ledger, skipped, spec, spec.dp_local, hosted=hosted, first_rank=before, count=dp - before
+        )
     if len(added) < dp - before:
         if not order:
             return _no_nodes(current, placement, skipped, fingerprint)
@@ -117,42 +120,6 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
         fingerprint=fingerprint,
     )
     return ScalePlan(current.name, before, after, tuple(added), ())
-
-
-def _grow_packed(
-    current: Plan, order: list[Node], master: Node | None, ledger: Ledger, skipped: list[Skip], dp: int
-) -> list[RankPlacement]:
-    """Strict and fill: top up nodes that host fewer than dp_local of the deployment's ranks, then new ones."""
-    spec = current.spec
-    strict = spec.pack == "strict"
-    strategy = STRATEGY[spec.pack]
-    hosted = Counter(r.control for r in current.ranks)
-    added: list[RankPlacement] = []
-    for node in order:
-        remaining = dp - len(current.ranks) - len(added)
-        if remaining == 0:
-            break
-        have = hosted[node.id]
-        fits = ledger.ranks_fit(node)
-        if strict or node is master:
-            room = spec.dp_local - have
-            if room <= 0:
-                continue  # already holds its dp_local ranks
-            take = min(room, remaining)
-            if fits < take:
-                skipped.append(ledger.skip_short(node, take))
-                continue
-        else:
-            take = min(fits, remaining)
-            if take == 0:
-                skipped.append(ledger.skip_short(node, 1))
-                continue
-        first = len(current.ranks) + len(added)
-        added.extend(
-            RankPlacement(first + i, have + i, strategy, (node.id,), (spec.world_size,), node.id) for i in range(take)
-        )
-        ledger.take(node, take)
-    return added
 
 
 def _no_nodes(current: Plan, placement: Placement, skipped: list[Skip], fingerprint: str) -> Infeasible:
