@@ -232,9 +232,7 @@ def _report_up(result: UpResult, output: options.Output) -> None:
     elif result.scaled is not None:
         _report_scale(result.scaled, output)
         return
-    else:
-        launch = result.launch
-        assert launch is not None  # noqa: S101 - a launched result carries its launch
+    elif (launch := result.launch) is not None:
         ips = sorted({r.ip for r in record.ranks})
         dropped = sum(launch.dropped.values())
         note = f"; dropped {dropped} foreign or malformed readiness frames" if dropped else ""
@@ -263,6 +261,8 @@ def _report_up(result: UpResult, output: options.Output) -> None:
                 ],
             )
         ]
+    else:
+        statuses = gather(record.name)
     if output is options.Output.table:
         show_statuses(statuses)
         return

@@ -31,15 +31,14 @@ class EchoEngine:
             raise EngineError(f"echo engine: cannot listen on {ctx.node_ip}:{ctx.port}: {exc}") from None
         server.listen()
         self._server = server
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="echo")
+        self._thread = threading.Thread(target=self._serve, args=(server,), daemon=True, name="echo")
         self._thread.start()
         ctx.log(f"echo engine: listening on {ctx.node_ip}:{ctx.port}")
 
-    def _serve(self) -> None:
-        assert self._server is not None  # noqa: S101 - set before the thread starts
+    def _serve(self, server: socket.socket) -> None:
         while True:
             try:
-                conn, _ = self._server.accept()
+                conn, _ = server.accept()
             except OSError:
                 return  # closed by stop()
             with conn:
