@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -12,7 +12,9 @@ from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import Column, table
 from dpctl_ray.config import load_config
 from dpctl_ray.errors import BadInput
-from dpctl_ray.launcher import local
+
+if TYPE_CHECKING:
+    from dpctl_ray.launcher.local import LocalState
 
 cluster_app = typer.Typer(
     name="cluster",
@@ -59,6 +61,8 @@ def cluster_up(
         gpus_per_node=shape.gpus_per_node if gpus_per_node is None else gpus_per_node,
         cpus_per_node=shape.cpus_per_node if cpus_per_node is None else cpus_per_node,
     )
+    from dpctl_ray.launcher import local  # noqa: PLC0415 - subprocess & co. only for cluster commands
+
     running = local.running_state()
     if running is not None:
         console.info(f"a local cluster is already running at {running.address}; `dpctl cluster down` stops it")
@@ -72,6 +76,8 @@ def cluster_up(
 @cluster_app.command("status")
 def cluster_status(output: options.OutputOpt = options.Output.table) -> None:
     """The local cluster's nodes, their processes, and how to reach it from other tools."""
+    from dpctl_ray.launcher import local  # noqa: PLC0415
+
     state = local.load_state()
     if output is not options.Output.table:
         doc: dict[str, object] = {"running": False}
@@ -88,6 +94,8 @@ def cluster_status(output: options.OutputOpt = options.Output.table) -> None:
 @cluster_app.command("down")
 def cluster_down() -> None:
     """Stop exactly the processes `dpctl cluster up` started (by PID), never another Ray cluster."""
+    from dpctl_ray.launcher import local  # noqa: PLC0415
+
     state = local.load_state()
     if state is None:
         console.info("no local cluster running: nothing to stop")
@@ -96,7 +104,9 @@ def cluster_down() -> None:
     console.info("local cluster stopped")
 
 
-def _show(state: local.LocalState) -> None:
+def _show(state: LocalState) -> None:
+    from dpctl_ray.launcher import local  # noqa: PLC0415
+
     alive = local.running_state() is not None
     rows = [
         (

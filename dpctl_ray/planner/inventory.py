@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from dpctl_ray.errors import BadInput
 from dpctl_ray.planner.model import Node
 
 _NODE_KEYS = ("id", "ip", "head", "resources", "available", "labels")
+_NODE_KEY_SET = frozenset(_NODE_KEYS)
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
 class InventoryError(BadInput):
@@ -67,7 +70,7 @@ def _node(raw: object, i: int) -> Node:
     if not isinstance(raw, Mapping):
         raise InventoryError(f"nodes[{i}]: must be a mapping, got {_kind(raw)}")
     for key in raw:
-        if key not in _NODE_KEYS:
+        if key not in _NODE_KEY_SET:
             raise InventoryError(f"nodes[{i}].{key}: unknown key", hint=f"node keys are {', '.join(_NODE_KEYS)}")
     ip = raw.get("ip")
     if type(ip) is not str or not ip:
@@ -96,11 +99,13 @@ def _node(raw: object, i: int) -> Node:
     else:
         available = resources
     labels = raw.get("labels")
-    if labels is None:
-        labels = {}
+    if labels is None or (isinstance(labels, Mapping) and not labels):
+        labels = _NO_LABELS
     elif not isinstance(labels, Mapping) or not all(type(k) is str and type(v) is str for k, v in labels.items()):
         raise InventoryError(f"nodes[{i}].labels: must map strings to strings, got {labels!r}")
-    return Node(id=node_id, ip=ip, head=head, resources=resources, available=available, labels=dict(labels))
+    else:
+        labels = dict(labels)
+    return Node(node_id, ip, head, resources, available, labels)
 
 
 def _amounts(raw: object, i: int, field: str) -> dict[str, float]:

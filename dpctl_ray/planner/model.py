@@ -14,12 +14,12 @@ PACKS: tuple[Pack, ...] = ("strict", "fill", "span")
 STRATEGY: Mapping[str, str] = {"strict": "STRICT_PACK", "fill": "STRICT_PACK", "span": "PACK"}
 
 # Resource amounts are compared in Ray's own granularity (1/10000 of a unit), so 0.1 + 0.2 fits in 0.3.
-_GRANULARITY = 10_000
+GRANULARITY = 10_000
 
 
 def units(amount: float) -> int:
     """An amount of a resource in Ray's fixed-point units."""
-    return round(amount * _GRANULARITY)
+    return round(amount * GRANULARITY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +35,11 @@ class Node:
 
     def free_devices(self, device: str) -> int:
         """Whole free devices; a fractional remainder (another job's 0.5 GPU) is not a device."""
-        return int(units(self.available.get(device, 0.0)) // _GRANULARITY)
+        return int(units(self.available.get(device, 0.0)) // GRANULARITY)
 
     def total_devices(self, device: str) -> int:
         """Whole devices the node has in all."""
-        return int(units(self.resources.get(device, 0.0)) // _GRANULARITY)
+        return int(units(self.resources.get(device, 0.0)) // GRANULARITY)
 
 
 @dataclass(frozen=True, slots=True)
