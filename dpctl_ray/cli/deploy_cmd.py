@@ -493,7 +493,7 @@ def _report_down(result: DownResult) -> None:
     if result.nothing:
         console.info(f"{result.name}: nothing to remove")
         return
-    engines = sum(1 for a in result.actors if a.rsplit("/", 1)[-1].startswith("engine-"))
+    engines = result.engines
     console.info(
         f"{result.name}: removed {engines} engine{'s' if engines != 1 else ''} (with their device workers), "
         f"{len(result.groups)} placement group{'s' if len(result.groups) != 1 else ''}"

@@ -56,6 +56,9 @@ def resolve(cluster: ClusterConfig, *, start_local: bool, say: Callable[[str], N
 
 
 def _explicit(address: str, source: str) -> Target:
+    state = local.running_state()
+    if state is not None and address in (state.address, f"ray://{state.address}"):
+        return Target(state.address, f"local cluster (from {source})", state.env(), state)
     if not local.port_open(address, timeout=3.0):
         raise ClusterUnreachable(
             f"no Ray cluster answers at {address} (from {source})",

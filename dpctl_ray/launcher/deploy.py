@@ -1,4 +1,4 @@
-"""Deployment operations on a joined cluster: up, status and down, each on the deployment's record and lock."""
+"""Deployment operations on a joined cluster: up, scale, status, logs, down; each on its record and lock."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def up(
             existing = _recover(existing, say)
         if existing is not None and existing.state == "running" and recreate:
             gone = _remove(name)
-            say(f"recreating {name}: removed its {_engines(gone.actors)} engines")
+            say(f"recreating {name}: removed its {gone.engines} engines")
             existing = None
         if existing is not None and existing.state == "running":
             diff = differences(existing, request, engine)
@@ -395,10 +395,6 @@ def _recover(record: Record, say: Callable[[str], None]) -> Record:
     return record
 
 
-def _engines(actors: list[str]) -> int:
-    return sum(1 for a in actors if a.rsplit("/", 1)[-1].startswith("engine-"))
-
-
 # --- status -------------------------------------------------------------------------------------------
 
 
@@ -614,6 +610,11 @@ class DownResult:
     actors: list[str]
     groups: list[str]
     record: bool
+
+    @property
+    def engines(self) -> int:
+        """How many engine actors were removed (their device workers went with them)."""
+        return sum(1 for a in self.actors if a.rsplit("/", 1)[-1].startswith("engine-"))
 
     @property
     def nothing(self) -> bool:
