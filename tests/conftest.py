@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -208,3 +209,20 @@ def leftovers(state: local.LocalState, name: str, wait: float = 10.0) -> list[st
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(0.25)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.2) -> Any:
+    """Poll until `predicate` returns something truthy, and return it; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def interrupt(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """Ctrl-C a dpctl process and collect its output once it has exited."""
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=timeout)

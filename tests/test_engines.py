@@ -19,7 +19,7 @@ from dpctl_ray.config import config_from_document, load_config
 from dpctl_ray.engines.base import EngineContext
 from dpctl_ray.engines.command import render
 from dpctl_ray.launcher.local import LocalState
-from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, dpctl, dpctl_background, leftovers, ray_driver
+from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, dpctl, dpctl_background, interrupt, leftovers, ray_driver
 
 FAKE_VLLM = str(ROOT / "tests" / "fake_vllm.py")
 
@@ -317,8 +317,7 @@ def test_a_killed_process_shows_failed_and_logs_show_every_rank(live: LocalState
         time.sleep(4)
         started_with(ranks[0])  # the stand-in logs each request it serves
         time.sleep(2)
-        follower.send_signal(signal.SIGINT)
-        out, err = follower.communicate(timeout=30)
+        out, err = interrupt(follower)
         assert follower.returncode == 0, err
         assert '"GET /dpctl-test HTTP/1.1" 200' in out
     finally:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from dpctl_ray.launcher.local import LocalState
-from tests.conftest import Invoke, demo_config, dpctl, dpctl_background, leftovers, ray_driver
+from tests.conftest import Invoke, demo_config, dpctl, dpctl_background, interrupt, leftovers, ray_driver, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -19,16 +18,6 @@ def up_json(config: str, *extra: str) -> dict:
     result = dpctl("up", "-f", config, "-o", "json", *extra)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def wait_for(predicate, timeout: float = 60.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def test_up_status_down_leaves_nothing(live: LocalState, tmp_path: Path) -> None:
@@ -121,8 +110,7 @@ def test_ctrl_c_during_up_exits_130_and_leaves_nothing(live: LocalState, tmp_pat
     try:
         wait_for(lambda: leftovers(live, "interrupted", wait=0))
         time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = interrupt(proc)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
@@ -244,8 +232,7 @@ def test_status_watch_redraws_until_ctrl_c(live: LocalState, tmp_path: Path) -> 
     try:
         proc = dpctl_background("status", "--watch", "--interval", "0.5")
         time.sleep(6)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = interrupt(proc)
         assert proc.returncode == 0, err
         assert "watched: 1 rank of TP 1, pack strict, running: 1 READY" in out
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from dpctl_ray.launcher.local import LocalState
-from tests.conftest import demo_config, dpctl, dpctl_background, leftovers, ray_driver
+from tests.conftest import demo_config, dpctl, dpctl_background, interrupt, leftovers, ray_driver, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -189,19 +188,14 @@ def test_interrupted_scale_up_keeps_the_old_size(live: LocalState, tmp_path: Pat
     try:
         before = expect_ranks(live, "steadfast", 1)
         proc = dpctl_background("scale", "steadfast", "--dp", "2")
-        deadline = time.monotonic() + 60
-        while "dpctl/steadfast/engine-1" not in objects_of(live, "steadfast") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: "dpctl/steadfast/engine-1" in objects_of(live, "steadfast"))
         time.sleep(1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = interrupt(proc)
         assert proc.returncode == 130, err
         assert expect_ranks(live, "steadfast", 1) == before
 
         proc = dpctl_background("scale", "steadfast", "--dp", "2")
-        deadline = time.monotonic() + 60
-        while "dpctl/steadfast/engine-1" not in objects_of(live, "steadfast") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: "dpctl/steadfast/engine-1" in objects_of(live, "steadfast"))
         proc.kill()
         proc.wait()
         recovered = dpctl("scale", "steadfast", "--dp", "1")

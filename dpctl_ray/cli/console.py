@@ -15,7 +15,6 @@ class _Session:
     """Per-invocation output settings the error boundary needs (tests run many invocations in one process)."""
 
     json_errors = False
-    quiet = False
 
 
 session = _Session()
@@ -24,7 +23,6 @@ session = _Session()
 def reset() -> None:
     """Forget the previous invocation's settings."""
     session.json_errors = False
-    session.quiet = False
 
 
 def _width() -> int | None:
@@ -67,9 +65,8 @@ def write_stdout(text: str) -> None:
 
 def info(message: str) -> None:
     """A progress or result line on stderr (plain text: user and cluster strings are not markup)."""
-    if not session.quiet:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def warn(message: str) -> None:

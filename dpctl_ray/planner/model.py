@@ -208,6 +208,3 @@ class Infeasible:
     dp_local: int | None = None  # ranks per node in strict mode, once resolved
     detail: str = ""  # the user-given value the code refers to (a master name, ...)
     fingerprint: str = ""
-
-
-PlanResult = Plan | Infeasible
