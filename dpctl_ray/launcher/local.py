@@ -22,6 +22,9 @@ from dpctl_ray.errors import BadInput, LaunchFailed
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024  # per node; Ray's default (30% of RAM per node) is wasted on 8 simulated nodes
 NODE_START_TIMEOUT = 60.0
+# Ports Ray gives its own components by default (GCS, dashboard, dashboard agent); a random port that
+# happens to be one of them makes `ray start` refuse to run.
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
 
 
 def home() -> Path:
@@ -301,9 +304,12 @@ def _head_ip(head: LocalNode) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = int(s.getsockname()[1])
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def process_alive(pid: int) -> bool:
