@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import difflib
-import math
 import re
-import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dpctl_ray.errors import BadInput
+from dpctl_ray import values
+from dpctl_ray.engines.spec import DemoSpec, EngineSpec, engine_from_document
+from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.files import load_document
 from dpctl_ray.planner.model import PACKS, Placement
 
@@ -19,10 +19,39 @@ DEFAULT_FILE = "dpctl.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class ConfigError(BadInput):
-    """The config file or a flag has a wrong key, type or value."""
+@dataclass(frozen=True, slots=True)
+class PlacementKey:
+    """One placement option: its key under `placement:` (and Placement field), its flag's help, and its check."""
 
-    default_code = "bad_config"
+    name: str
+    help: str
+    metavar: str
+    check: Callable[[object, str], object]  # (value from YAML or a flag's text, key path) -> the field's value
+    many: bool = False  # the flag may be repeated (a list)
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: --dp-local for dp_local."""
+        return "--" + self.name.replace("_", "-")
+
+
+def _dp_local(value: object, path: str) -> int | None:
+    return None if value == "auto" else values.integer(value, path, expect="auto")
+
+
+# Adding a placement option means adding its Placement field and one entry here: the config key, the flag of
+# `plan` and `up`, and the check follow from it.
+PLACEMENT_KEYS: tuple[PlacementKey, ...] = (
+    PlacementKey("dp", "Data-parallel ranks.", "N", values.integer),
+    PlacementKey("dp_local", "Ranks on the master node: a number or auto.", "N|auto", _dp_local),
+    PlacementKey("tp", "Tensor-parallel size.", "N", values.integer),
+    PlacementKey("pp", "Pipeline-parallel size.", "N", values.integer),
+    PlacementKey("pack", "strict, fill or span.", "MODE", lambda v, p: values.choice(v, p, PACKS)),
+    PlacementKey("device", "Ray resource of one device (GPU).", "KEY", values.text),
+    PlacementKey("master", "auto, a node id or an ip.", "NODE", values.text),
+    PlacementKey("nodes", "Allowed node ids or ips (comma-separated or repeated).", "NODES", values.names, many=True),
+    PlacementKey("cpus", "CPUs of the control bundle (1).", "CPUS", values.number),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,59 +72,6 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadyCheck:
-    """When a command engine counts as ready: a log line matching, an HTTP 2xx, or a TCP port open."""
-
-    kind: str  # log | http | tcp
-    target: str  # a regex, a URL or a port, the last two templated
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """What runs on each rank: the demo engine, a command per rank, or a user's Python engine class."""
-
-    kind: str = "demo"
-    # demo
-    init_seconds: float = 1.0
-    fail_ranks: tuple[int, ...] = ()
-    # command
-    argv: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    ready: ReadyCheck | None = None
-    progress: str = ""  # regex: matching log lines are progress (a `pct` group gives the percentage)
-    visible_devices_env: str = ""  # default by device key: CUDA_VISIBLE_DEVICES for GPU, ...
-    stop_grace: float = 10.0
-    cwd: str = ""
-    # python
-    cls: str = ""  # "package.module:Class"
-    args: tuple[tuple[str, Any], ...] = ()
-    # every kind
-    log_dir: str = "/tmp/dpctl-logs"  # noqa: S108 - a per-node scratch dir, like Ray's own /tmp/ray; on each node: <log_dir>/<deployment>/rank-<r>.log
-    base_port: int = 0  # {port} = base_port + local_rank; 0: a free port per rank
-    master_port: int = 0  # {master_port}; 0: derived from the deployment name
-
-    def to_document(self) -> dict[str, Any]:
-        """The form engines receive and deployment records keep: the keys of this kind only."""
-        doc: dict[str, Any] = {"kind": self.kind}
-        if self.kind == "demo":
-            doc.update(init_seconds=self.init_seconds, fail_ranks=list(self.fail_ranks))
-        elif self.kind == "command":
-            doc.update(
-                argv=list(self.argv),
-                env=dict(self.env),
-                ready={self.ready.kind: self.ready.target} if self.ready else None,
-                progress=self.progress,
-                visible_devices_env=self.visible_devices_env,
-                stop_grace=self.stop_grace,
-                cwd=self.cwd,
-            )
-        else:
-            doc.update({"class": self.cls, "args": dict(self.args)})
-        doc.update(log_dir=self.log_dir, base_port=self.base_port, master_port=self.master_port)
-        return doc
-
-
-@dataclass(frozen=True, slots=True)
 class Timeouts:
     """Deadlines, in seconds."""
 
@@ -110,7 +86,7 @@ class Config:
     name: str = "demo"
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     placement: Placement = field(default_factory=lambda: Placement(dp=2, tp=2))
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: EngineSpec = field(default_factory=DemoSpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
     source: str | None = None
 
@@ -119,48 +95,9 @@ _KEYS: Mapping[str, tuple[str, ...]] = {
     "": ("name", "cluster", "placement", "engine", "timeouts"),
     "cluster": ("address", "local"),
     "cluster.local": ("nodes", "gpus_per_node", "cpus_per_node"),
-    "placement": ("dp", "dp_local", "tp", "pp", "pack", "device", "master", "nodes", "cpus"),
-    "engine": (
-        "kind",
-        "init_seconds",
-        "fail_ranks",
-        "argv",
-        "env",
-        "ready",
-        "progress",
-        "visible_devices_env",
-        "stop_grace",
-        "cwd",
-        "class",
-        "args",
-        "log_dir",
-        "base_port",
-        "master_port",
-    ),
+    "placement": tuple(k.name for k in PLACEMENT_KEYS),
     "timeouts": ("placement", "ready"),
 }
-ENGINE_KINDS = ("demo", "command", "python")
-_KIND_KEYS = {
-    "demo": {"init_seconds", "fail_ranks"},
-    "command": {"argv", "env", "ready", "progress", "visible_devices_env", "stop_grace", "cwd"},
-    "python": {"class", "args"},
-}
-COMMON_ENGINE_KEYS = {"kind", "log_dir", "base_port", "master_port"}
-PLACEHOLDERS = (
-    "deployment",
-    "rank",
-    "local_rank",
-    "dp",
-    "dp_local",
-    "world_size",
-    "tp",
-    "pp",
-    "master_ip",
-    "master_port",
-    "node_ip",
-    "port",
-    "devices",
-)
 
 
 def load_config(path: str | None) -> Config:
@@ -174,8 +111,8 @@ def load_config(path: str | None) -> Config:
         doc = {}
     try:
         return config_from_document(doc, source=path)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from None
+    except BadInput as exc:
+        raise type(exc)(f"{path}: {exc.message}", hint=exc.hint) from None
 
 
 def config_from_document(doc: object, source: str | None = None) -> Config:
@@ -185,170 +122,43 @@ def config_from_document(doc: object, source: str | None = None) -> Config:
     cluster = _section(root.get("cluster", {}), "cluster")
     local = _section(cluster.get("local", {}), "cluster.local")
     placement = _section(root.get("placement", {}), "placement")
-    engine = _section(root.get("engine", {}), "engine")
     timeouts = _section(root.get("timeouts", {}), "timeouts")
+    shape = base.cluster.local
     return Config(
         name=deployment_name(root.get("name", base.name), "name"),
         cluster=ClusterConfig(
-            address=_str(cluster.get("address", base.cluster.address), "cluster.address"),
+            address=values.text(cluster.get("address", base.cluster.address), "cluster.address"),
             local=LocalCluster(
-                nodes=_int(local.get("nodes", base.cluster.local.nodes), "cluster.local.nodes", minimum=0),
-                gpus_per_node=_int(
-                    local.get("gpus_per_node", base.cluster.local.gpus_per_node),
-                    "cluster.local.gpus_per_node",
-                    minimum=0,
+                nodes=values.integer(local.get("nodes", shape.nodes), "cluster.local.nodes", minimum=0),
+                gpus_per_node=values.integer(
+                    local.get("gpus_per_node", shape.gpus_per_node), "cluster.local.gpus_per_node", minimum=0
                 ),
-                cpus_per_node=_int(
-                    local.get("cpus_per_node", base.cluster.local.cpus_per_node), "cluster.local.cpus_per_node"
+                cpus_per_node=values.integer(
+                    local.get("cpus_per_node", shape.cpus_per_node), "cluster.local.cpus_per_node"
                 ),
             ),
         ),
         placement=placement_overrides(base.placement, placement, prefix="placement."),
-        engine=engine_config(engine),
+        engine=engine_from_document(root.get("engine", {})),
         timeouts=Timeouts(
-            placement=_number(timeouts.get("placement", base.timeouts.placement), "timeouts.placement"),
-            ready=_number(timeouts.get("ready", base.timeouts.ready), "timeouts.ready"),
+            placement=values.number(timeouts.get("placement", base.timeouts.placement), "timeouts.placement"),
+            ready=values.number(timeouts.get("ready", base.timeouts.ready), "timeouts.ready"),
         ),
         source=source,
     )
 
 
-def engine_config(raw: Mapping[str, Any]) -> EngineConfig:
-    """The engine section, checked for its kind: keys of another kind, bad templates and bad values name the key."""
-    base = EngineConfig()
-    kind = _choice(raw.get("kind", base.kind), "engine.kind", ENGINE_KINDS)
-    for key in raw:
-        if key not in COMMON_ENGINE_KEYS and key not in _KIND_KEYS[kind]:
-            owner = next(k for k, keys in _KIND_KEYS.items() if key in keys)
-            raise ConfigError(f"engine.{key}: only for engine.kind {owner}, not {kind}")
-    argv: tuple[str, ...] = ()
-    ready = None
-    if kind == "command":
-        if "argv" not in raw:
-            raise ConfigError("engine.argv: required for engine.kind command", hint="a list: [program, arg, ...]")
-        raw_argv = raw["argv"]
-        plain = isinstance(raw_argv, list) and all(isinstance(a, (str, int, float)) for a in raw_argv)
-        if not plain or not raw_argv:
-            raise ConfigError(
-                f"engine.argv: must be a non-empty list of strings, got {_show(raw_argv)}",
-                hint="a list, never a shell string: [vllm, serve, MODEL, --port, '{port}']",
-            )
-        argv = tuple(str(a) for a in raw_argv)
-        for i, arg in enumerate(argv):
-            check_template(arg, f"engine.argv[{i}]")
-        if "ready" not in raw:
-            raise ConfigError(
-                "engine.ready: required for engine.kind command",
-                hint="{log: REGEX}, {http: URL} or {tcp: PORT}, e.g. {http: 'http://{node_ip}:{port}/health'}",
-            )
-        ready = _ready(raw["ready"])
-    env = _env(raw.get("env", {}))
-    if raw.get("progress"):
-        _regex(raw["progress"], "engine.progress")
-    cls = raw.get("class", "")
-    if kind == "python" and (not isinstance(cls, str) or ":" not in cls):
-        raise ConfigError(f'engine.class: must be "package.module:Class", got {_show(cls)}')
-    args = raw.get("args", {})
-    if not isinstance(args, Mapping) or not all(isinstance(k, str) for k in args):
-        raise ConfigError(f"engine.args: must map argument names to values, got {_show(args)}")
-    return EngineConfig(
-        kind=kind,
-        init_seconds=_number(raw.get("init_seconds", base.init_seconds), "engine.init_seconds", zero_ok=True),
-        fail_ranks=_ranks(raw.get("fail_ranks", []), "engine.fail_ranks"),
-        argv=argv,
-        env=env,
-        ready=ready,
-        progress=str(raw.get("progress", "")),
-        visible_devices_env=_env_name(raw.get("visible_devices_env", ""), "engine.visible_devices_env"),
-        stop_grace=_number(raw.get("stop_grace", base.stop_grace), "engine.stop_grace", zero_ok=True),
-        cwd=str(raw.get("cwd", "")),
-        cls=str(cls),
-        args=tuple(args.items()),
-        log_dir=_str(raw.get("log_dir", base.log_dir), "engine.log_dir"),
-        base_port=_int(raw.get("base_port", base.base_port), "engine.base_port", minimum=0),
-        master_port=_int(raw.get("master_port", base.master_port), "engine.master_port", minimum=0),
-    )
+def placement_overrides(base: Placement, given: Mapping[str, Any], prefix: str) -> Placement:
+    """`base` with the `given` values checked and applied (None = not given); `prefix` names keys in errors.
 
-
-def check_template(text: str, path: str) -> None:
-    """A templated string may use only the known placeholders; an unknown one is named with the key path."""
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
-    except ValueError as exc:
-        raise ConfigError(f"{path}: bad template {text!r} ({exc})", hint="write a literal brace as {{ or }}") from None
-    for name in fields:
-        base = name.split(".")[0].split("[")[0]
-        if base not in PLACEHOLDERS:
-            close = difflib.get_close_matches(base, PLACEHOLDERS, n=1)
-            hint = f"did you mean {{{close[0]}}}?" if close else f"placeholders: {', '.join(PLACEHOLDERS)}"
-            raise ConfigError(f"{path}: unknown placeholder {{{name}}} in {text!r}", hint=hint)
-
-
-def _ready(raw: object) -> ReadyCheck:
-    if not isinstance(raw, Mapping) or len(raw) != 1 or next(iter(raw)) not in ("log", "http", "tcp"):
-        raise ConfigError(
-            f"engine.ready: must be one of {{log: REGEX}}, {{http: URL}} or {{tcp: PORT}}, got {_show(raw)}"
-        )
-    kind, target = next(iter(raw.items()))
-    target = str(target)
-    if kind == "log":
-        _regex(target, "engine.ready.log")
-    else:
-        check_template(target, f"engine.ready.{kind}")
-    if kind == "http" and not target.startswith(("http://", "https://")):
-        raise ConfigError(f"engine.ready.http: must be an http:// or https:// URL, got {target!r}")
-    return ReadyCheck(kind, target)
-
-
-def _env(raw: object) -> tuple[tuple[str, str], ...]:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"engine.env: must map variable names to values, got {_show(raw)}")
-    out = []
-    for key, value in raw.items():
-        _env_name(key, "engine.env")
-        text = str(value)
-        check_template(text, f"engine.env.{key}")
-        out.append((str(key), text))
-    return tuple(out)
-
-
-def _env_name(value: object, path: str) -> str:
-    if value == "":
-        return ""
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-        raise ConfigError(f"{path}: must be an environment variable name, got {_show(value)}")
-    return value
-
-
-def _regex(value: object, path: str) -> None:
-    try:
-        re.compile(str(value))
-    except re.error as exc:
-        raise ConfigError(f"{path}: not a valid regular expression ({exc})") from None
-
-
-def placement_overrides(base: Placement, values: Mapping[str, Any], prefix: str) -> Placement:
-    """`base` with `values` applied (None = not given); `prefix` names keys in errors (`placement.` or `--`)."""
-
-    def key(name: str) -> str:
-        return prefix + (name.replace("_", "-") if prefix == "--" else name)
-
+    The prefix is `placement.` for the config file and `--` for flags (where dp_local is --dp-local).
+    """
     changes: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if name in ("dp", "tp", "pp"):
-            changes[name] = _int(_maybe_int(value), key(name))
-        elif name == "dp_local":
-            changes[name] = None if value == "auto" else _int(_maybe_int(value), key(name), expect="auto")
-        elif name == "pack":
-            changes[name] = _choice(value, key(name), PACKS)
-        elif name in ("device", "master"):
-            changes[name] = _str(value, key(name))
-        elif name == "nodes":
-            changes[name] = _names(value, key(name))
-        elif name == "cpus":
-            changes[name] = _number(_maybe_float(value), key(name))
+    for key in PLACEMENT_KEYS:
+        value = given.get(key.name)
+        if value is not None:
+            path = key.flag if prefix == "--" else prefix + key.name
+            changes[key.name] = key.check(value, path)
     return replace(base, **changes)
 
 
@@ -364,7 +174,7 @@ def deployment_name(value: object, path: str) -> str:
 def _section(value: object, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         where = path or "config"
-        raise ConfigError(f"{where}: must be a mapping, got {_show(value)}")
+        raise ConfigError(f"{where}: must be a mapping, got {values.show(value)}")
     known = _KEYS[path]
     for key in value:
         if key not in known:
@@ -373,79 +183,3 @@ def _section(value: object, path: str) -> Mapping[str, Any]:
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
             raise ConfigError(f"{full}: unknown key", hint=hint)
     return value
-
-
-def _maybe_int(value: object) -> object:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return value
-
-
-def _maybe_float(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _int(value: object, path: str, minimum: int = 1, expect: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        if expect:
-            what = f"{expect} or {what}"
-        raise ConfigError(f"{path}: must be {what}, got {_show(value)}")
-    return value
-
-
-def _number(value: object, path: str, *, zero_ok: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero_ok)
-    ):
-        raise ConfigError(f"{path}: must be a number {'>= 0' if zero_ok else 'above 0'}, got {_show(value)}")
-    return float(value)
-
-
-def _str(value: object, path: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{path}: must be a non-empty string, got {_show(value)}")
-    return value.strip()
-
-
-def _choice(value: object, path: str, choices: tuple[str, ...]) -> Any:
-    if value not in choices:
-        raise ConfigError(f"{path}: must be one of {', '.join(choices)}, got {_show(value)}")
-    return value
-
-
-def _names(value: object, path: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [part for part in value.split(",") if part.strip()]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError(f"{path}: must be a list of node ids or ips, got {_show(value)}")
-    return tuple(v.strip() for v in value)
-
-
-def _ranks(value: object, path: str) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-    ):
-        raise ConfigError(f"{path}: must be a list of rank numbers, got {_show(value)}")
-    return tuple(value)
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, (dict, Mapping)):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)

@@ -54,6 +54,12 @@ class BadInput(DpctlError):
     default_code = "bad_input"
 
 
+class ConfigError(BadInput):
+    """The config file or a flag has a wrong key, type or value; the message names the key path."""
+
+    default_code = "bad_config"
+
+
 class ClusterUnreachable(BadInput):
     """No Ray cluster at the address the user (or the environment) named."""
 

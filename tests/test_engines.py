@@ -18,6 +18,7 @@ import yaml
 from dpctl_ray.config import config_from_document, load_config
 from dpctl_ray.engines.base import EngineContext
 from dpctl_ray.engines.command import render
+from dpctl_ray.engines.spec import CommandSpec
 from dpctl_ray.launcher.local import LocalState
 from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, dpctl, dpctl_background, interrupt, leftovers, ray_driver
 
@@ -48,7 +49,8 @@ def context(**changes: Any) -> EngineContext:
 
 def test_vllm_example_renders_exactly_what_vllm_expects() -> None:
     """configs/vllm-dp.yaml gives each rank vLLM's external-LB command line, and its GPUs in CUDA_VISIBLE_DEVICES."""
-    engine = load_config(str(ROOT / "configs" / "vllm-dp.yaml")).engine.to_document()
+    engine = load_config(str(ROOT / "configs" / "vllm-dp.yaml")).engine
+    assert isinstance(engine, CommandSpec)
     argv, env = render(engine, context())
     assert argv == [
         "vllm",
@@ -72,14 +74,14 @@ def test_vllm_example_renders_exactly_what_vllm_expects() -> None:
         "13345",
     ]
     assert env == {"VLLM_LOGGING_LEVEL": "INFO", "CUDA_VISIBLE_DEVICES": "2,3"}
-    assert engine["ready"] == {"http": "http://{node_ip}:{port}/health"}
+    assert engine.to_document()["ready"] == {"http": "http://{node_ip}:{port}/health"}
 
 
 def test_device_visibility_follows_the_device_key_or_the_config() -> None:
     """TPU ranks get TPU_VISIBLE_CHIPS; engine.visible_devices_env overrides the default variable."""
-    spec = {"argv": ["serve"], "env": {}, "visible_devices_env": ""}
+    spec = CommandSpec(argv=("serve",))
     assert render(spec, context(device="TPU"))[1] == {"TPU_VISIBLE_CHIPS": "2,3"}
-    assert render({**spec, "visible_devices_env": "HIP_VISIBLE_DEVICES"}, context())[1] == {
+    assert render(CommandSpec(argv=("serve",), visible_devices_env="HIP_VISIBLE_DEVICES"), context())[1] == {
         "HIP_VISIBLE_DEVICES": "2,3"
     }
     assert render(spec, context(device="fancy_accelerator"))[1] == {}
@@ -88,7 +90,7 @@ def test_device_visibility_follows_the_device_key_or_the_config() -> None:
 def test_span_ranks_see_only_the_devices_on_the_process_node() -> None:
     """In span mode the process runs on the control node; {devices} and the variable list that node's devices."""
     ctx = context(devices=("0", "1", "0", "1"), device_ips=("10.0.0.3", "10.0.0.3", "10.0.0.4", "10.0.0.4"))
-    argv, env = render({"argv": ["x", "{devices}"], "env": {}}, ctx)
+    argv, env = render(CommandSpec(argv=("x", "{devices}")), ctx)
     assert argv == ["x", "0,1"]
     assert env == {"CUDA_VISIBLE_DEVICES": "0,1"}
 
@@ -132,7 +134,7 @@ def test_span_ranks_see_only_the_devices_on_the_process_node() -> None:
 )
 def test_engine_config_errors_name_the_key(engine: dict[str, Any], message: str) -> None:
     """Each engine config mistake is a config error naming its key path (exit 2 at the CLI)."""
-    from dpctl_ray.config import ConfigError
+    from dpctl_ray.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         config_from_document({"engine": engine})

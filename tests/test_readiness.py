@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from dpctl_ray.config import Timeouts
 from dpctl_ray.engines.protocol import MAX_FRAME_BYTES, BadFrame, Frame, Phase, decode
+from dpctl_ray.engines.spec import DemoSpec
 from dpctl_ray.errors import InfeasibleError, LaunchFailed, TimedOut
 from dpctl_ray.launcher.local import LocalState
 from dpctl_ray.launcher.progress import RankPhase, RankProgress
@@ -117,7 +119,7 @@ class Recorder:
 
 
 def live_plan(name: str, dp: int, tp: int) -> tuple[Plan, dict[str, str]]:
-    from dpctl_ray.launcher.cluster import snapshot
+    from dpctl_ray.launcher.nodes import snapshot
 
     nodes = snapshot()
     result = plan(PlanRequest(name, Placement(dp=dp, tp=tp, pack="fill"), nodes))
@@ -130,18 +132,18 @@ def launch(
     ips: dict[str, str],
     recorder: Recorder,
     *,
-    engine: dict[str, Any] | None = None,
+    engine: DemoSpec | None = None,
     bind_ip: str | None = "127.0.0.1",
     placement: float = 30,
     ready: float = 60,
 ) -> Any:
-    from dpctl_ray.launcher.apply import Deadlines, Launch
+    from dpctl_ray.launcher.apply import Launch
 
     return Launch(
         plan_,
         list(plan_.ranks),
-        engine=engine or {"kind": "demo", "init_seconds": 0.5, "fail_ranks": []},
-        deadlines=Deadlines(placement, ready),
+        engine=engine or DemoSpec(init_seconds=0.5),
+        timeouts=Timeouts(placement, ready),
         observer=recorder,
         bind_ip=bind_ip,
         node_ips=ips,
@@ -156,7 +158,7 @@ def test_forged_and_garbage_frames_do_not_disturb_a_launch(live: LocalState) -> 
     with ray_driver(live):
         plan_, ips = live_plan("forged", dp=2, tp=1)
         recorder = Recorder()
-        run = launch(plan_, ips, recorder, engine={"kind": "demo", "init_seconds": 1.0, "fail_ranks": []})
+        run = launch(plan_, ips, recorder, engine=DemoSpec(init_seconds=1.0))
 
         def forge() -> None:
             context = zmq.Context()
@@ -189,9 +191,7 @@ def test_without_the_stream_ray_reports_the_engines_own_error(live: LocalState) 
     """With no readiness stream, a failed start still fails at once, with the exception the engine raised."""
     with ray_driver(live):
         plan_, ips = live_plan("silent", dp=2, tp=1)
-        run = launch(
-            plan_, ips, Recorder(), bind_ip=None, engine={"kind": "demo", "init_seconds": 0.4, "fail_ranks": [0]}
-        )
+        run = launch(plan_, ips, Recorder(), bind_ip=None, engine=DemoSpec(init_seconds=0.4, fail_ranks=(0,)))
         started = time.monotonic()
         with pytest.raises(LaunchFailed) as err:
             run.run()

@@ -24,13 +24,7 @@ def identities(state: LocalState, name: str) -> dict[int, tuple[Any, ...]]:
                 handle = ray.get_actor(actor["name"], namespace="dpctl")
                 health = ray.get(handle.health.remote(), timeout=30)
                 rank = int(actor["name"].rsplit("-", 1)[1])
-                out[rank] = (
-                    handle._actor_id.hex(),
-                    health["pid"],
-                    tuple(health["worker_pids"]),
-                    tuple(health["devices"]),
-                    health["dp"],
-                )
+                out[rank] = (handle._actor_id.hex(), health.pid, health.worker_pids, health.devices, health.dp)
     return out
 
 

@@ -15,6 +15,7 @@ from typer.exceptions import Abort, TyperException
 from dpctl_ray import __version__
 from dpctl_ray.cli import console
 from dpctl_ray.errors import DpctlError, ExitCode
+from dpctl_ray.planner.place import NoPlan
 
 
 class DpctlGroup(TyperGroup):
@@ -46,6 +47,10 @@ def run(command: Any, debug: bool) -> int:
     try:
         result = command()
     except DpctlError as exc:
+        if isinstance(exc, NoPlan):
+            from dpctl_ray.cli.explain import in_words  # noqa: PLC0415 - only when a plan does not fit
+
+            exc = in_words(exc)
         if console.session.json_errors:
             console.print_json(exc.to_json())
         _error(exc.message, exc.hint)
@@ -116,11 +121,17 @@ def root(
 
 
 def _register() -> None:
-    from dpctl_ray.cli import cluster_cmd, deploy_cmd, plan_cmd  # noqa: PLC0415 - commands register on `app`
+    """Every command, in the order `--help` lists them."""
+    from dpctl_ray.cli import cluster_cmd, deploy_cmd, plan_cmd, status_cmd  # noqa: PLC0415 - after `app` exists
 
-    plan_cmd.register(app)
-    deploy_cmd.register(app)
-    cluster_cmd.register(app)
+    app.command("plan")(plan_cmd.plan_command)
+    app.command("inventory")(plan_cmd.inventory_command)
+    app.command("up")(deploy_cmd.up_command)
+    app.command("status")(status_cmd.status_command)
+    app.command("scale")(deploy_cmd.scale_command)
+    app.command("logs")(status_cmd.logs_command)
+    app.command("down")(deploy_cmd.down_command)
+    app.add_typer(cluster_cmd.cluster_app)
 
 
 _register()

@@ -32,11 +32,6 @@ NODE_COLUMNS = (
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `cluster` group to the app."""
-    app.add_typer(cluster_app)
-
-
 @cluster_app.command("up")
 def cluster_up(
     nodes: Annotated[Optional[int], typer.Option("--nodes", help="Worker nodes (cluster.local.nodes).")] = None,

@@ -52,7 +52,7 @@ def print_data(renderable: RenderableType) -> None:
 
 
 def print_json(doc: Any) -> None:
-    """A JSON document on stdout, pretty when a person is reading."""
+    """A JSON document on stdout, indented (status documents are small; plan documents have their own writer)."""
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     sys.stdout.flush()
 

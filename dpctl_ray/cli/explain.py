@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from dpctl_ray.cli.render import Column, short_ids
+from dpctl_ray.cli import console
+from dpctl_ray.cli.render import Column, short_ids, table
 from dpctl_ray.errors import InfeasibleError
 from dpctl_ray.planner.document import infeasible_details
 from dpctl_ray.planner.inventory import number
 from dpctl_ray.planner.model import Infeasible, InfeasibleCode, Skip, SkipReason
+from dpctl_ray.planner.place import NoPlan
 
 SKIP_COLUMNS = (Column("node"), Column("ip"), Column("skipped because"))
 _ROWS_BEFORE_GROUPING = 8
@@ -56,8 +58,20 @@ def skip_rows(skipped: tuple[Skip, ...], device: str) -> list[tuple[str, ...]]:
     return rows
 
 
-def infeasible_error(result: Infeasible) -> InfeasibleError:
-    """The error `plan`, `up` and `scale` raise for an infeasible plan."""
+def worth_showing(skipped: tuple[Skip, ...], *, show_deviceless: bool) -> tuple[Skip, ...]:
+    """The nodes passed over that a table should list: a node without the device (a CPU-only head) is normal."""
+    return tuple(s for s in skipped if show_deviceless or s.reason is not SkipReason.NO_DEVICE)
+
+
+def in_words(exc: NoPlan) -> InfeasibleError:
+    """The error boundary's words for a plan that does not fit; the nodes passed over go to stderr as a table.
+
+    With a JSON document requested, the causes go into its `error` document instead of a table.
+    """
+    result = exc.result
+    passed_over = worth_showing(result.skipped, show_deviceless=result.code is InfeasibleCode.NO_NODES)
+    if passed_over and not console.session.json_errors:
+        console.print_err(table(SKIP_COLUMNS, skip_rows(passed_over, result.spec.device), title="nodes passed over"))
     message, hint = describe(result)
     return InfeasibleError(message, hint=hint, code=result.code.value, details=infeasible_details(result))
 

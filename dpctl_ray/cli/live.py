@@ -7,14 +7,16 @@ import time
 from typing import Any
 
 from dpctl_ray.cli import console
-from dpctl_ray.cli.render import LAUNCH_COLUMNS, devices_text, launch_rows, table
+from dpctl_ray.cli.render import LAUNCH_COLUMNS, delta_title, devices_text, launch_rows, plan_title, table
 from dpctl_ray.launcher.progress import RankPhase, RankProgress
+from dpctl_ray.planner.model import Plan
+from dpctl_ray.planner.scale import ScalePlan
 
 REFRESH_SECONDS = 0.1
 
 
 class LiveView:
-    """The launch observer the CLI uses; `lines` forces line mode (logs, CI, tests)."""
+    """The observer the CLI gives a command: what it says on stderr, and its launches live; `lines` forces line mode."""
 
     def __init__(self, title: str, *, lines: bool | None = None) -> None:
         self.title = title
@@ -24,6 +26,22 @@ class LiveView:
         self._live: Any = None
         self._drawn = 0.0
         self._printed: dict[int, RankPhase] = {}
+
+    def planned(self, plan: Plan) -> None:
+        """Say what is about to be launched."""
+        console.info(plan_title(plan))
+
+    def scaling(self, delta: ScalePlan) -> None:
+        """Say what a scale is about to do."""
+        console.info(delta_title(delta))
+
+    def note(self, message: str) -> None:
+        """Say it on stderr."""
+        console.info(message)
+
+    def warn(self, message: str) -> None:
+        """Warn on stderr."""
+        console.warn(message)
 
     def begin(self, ranks: list[RankProgress], started: float) -> None:
         """Show every rank as pending."""

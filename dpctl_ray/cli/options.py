@@ -1,16 +1,28 @@
-"""Flags shared by plan, up and scale, and how they override the config file."""
+"""Flags shared by the commands, and how they override the config file."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from dpctl_ray.config import Config, ConfigError, deployment_name, load_config, placement_overrides
+from dpctl_ray.cli import console
+from dpctl_ray.config import (
+    PLACEMENT_KEYS,
+    Config,
+    PlacementKey,
+    deployment_name,
+    load_config,
+    placement_overrides,
+)
+from dpctl_ray.errors import ConfigError
 
 PLACEMENT = "Placement (override the config file)"
+R = TypeVar("R")
 
 
 class Output(str, Enum):
@@ -19,6 +31,12 @@ class Output(str, Enum):
     table = "table"
     json = "json"
     yaml = "yaml"
+
+
+def _remember_output(value: Output) -> str:
+    # Every command with -o tells the error boundary here, so that its errors come as documents too.
+    console.session.json_errors = value is not Output.table
+    return value.value  # Typer converts what a callback returns to the enum again
 
 
 ConfigFile = Annotated[
@@ -40,44 +58,38 @@ Address = Annotated[
         metavar="ADDR",
     ),
 ]
-OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="Output format.", case_sensitive=False)]
-# Numbers are taken as text and checked by the config layer, so a flag and a config key fail with the same words.
-Dp = Annotated[Optional[str], typer.Option("--dp", help="Data-parallel ranks.", metavar="N", rich_help_panel=PLACEMENT)]
-DpLocal = Annotated[
-    Optional[str],
-    typer.Option(
-        "--dp-local", help="Ranks on the master node: a number or auto.", metavar="N|auto", rich_help_panel=PLACEMENT
-    ),
+OutputOpt = Annotated[
+    Output, typer.Option("-o", "--output", help="Output format.", case_sensitive=False, callback=_remember_output)
 ]
-Tp = Annotated[
-    Optional[str], typer.Option("--tp", help="Tensor-parallel size.", metavar="N", rich_help_panel=PLACEMENT)
-]
-Pp = Annotated[
-    Optional[str], typer.Option("--pp", help="Pipeline-parallel size.", metavar="N", rich_help_panel=PLACEMENT)
-]
-Pack = Annotated[
-    Optional[str], typer.Option("--pack", help="strict, fill or span.", metavar="MODE", rich_help_panel=PLACEMENT)
-]
-Device = Annotated[
-    Optional[str],
-    typer.Option("--device", help="Ray resource of one device (GPU).", metavar="KEY", rich_help_panel=PLACEMENT),
-]
-Master = Annotated[
-    Optional[str], typer.Option("--master", help="auto, a node id or an ip.", metavar="NODE", rich_help_panel=PLACEMENT)
-]
-Nodes = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--nodes",
-        help="Allowed node ids or ips (comma-separated or repeated).",
-        metavar="NODES",
-        rich_help_panel=PLACEMENT,
-    ),
-]
-Cpus = Annotated[
-    Optional[str],
-    typer.Option("--cpus", help="CPUs of the control bundle (1).", metavar="CPUS", rich_help_panel=PLACEMENT),
-]
+
+
+def _flag(key: PlacementKey) -> Any:
+    # Values are taken as text and checked by the config layer, so a flag and a config key fail with the same words.
+    kind = Optional[list[str]] if key.many else Optional[str]
+    return Annotated[kind, typer.Option(key.flag, help=key.help, metavar=key.metavar, rich_help_panel=PLACEMENT)]
+
+
+def placement_flags(command: Callable[..., R]) -> Callable[..., R]:
+    """Give a command one flag per placement key; it receives the values given as `placement={name: value}`."""
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "placement"]
+    flags = [
+        inspect.Parameter(key.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_flag(key))
+        for key in PLACEMENT_KEYS
+    ]
+
+    def run(**given: Any) -> R:
+        placement = {key.name: given.pop(key.name) for key in PLACEMENT_KEYS}
+        return command(**given, placement=placement)
+
+    run.__name__, run.__qualname__, run.__doc__ = command.__name__, command.__qualname__, command.__doc__
+    run.__signature__ = signature.replace(parameters=[*kept, *flags])  # type: ignore[attr-defined]
+    return run
+
+
+def given_flags(placement: Mapping[str, object]) -> list[str]:
+    """The placement flags that were given, as typed (for messages)."""
+    return [key.flag for key in PLACEMENT_KEYS if placement.get(key.name) is not None]
 
 
 def resolve_config(
@@ -85,31 +97,13 @@ def resolve_config(
     *,
     name: str | None = None,
     address: str | None = None,
-    dp: str | None = None,
-    dp_local: str | None = None,
-    tp: str | None = None,
-    pp: str | None = None,
-    pack: str | None = None,
-    device: str | None = None,
-    master: str | None = None,
-    nodes: list[str] | None = None,
-    cpus: str | None = None,
+    placement: Mapping[str, object] | None = None,
 ) -> Config:
     """The config file (or defaults) with the flags that were given laid over it."""
     config = load_config(file)
-    flags = {
-        "dp": dp,
-        "dp_local": dp_local,
-        "tp": tp,
-        "pp": pp,
-        "pack": pack,
-        "device": device,
-        "master": master,
-        "nodes": ",".join(nodes) if nodes is not None else None,
-        "cpus": cpus,
-    }
-    placement = placement_overrides(config.placement, flags, prefix="--")
-    changes: dict[str, object] = {"placement": placement}
+    changes: dict[str, object] = {}
+    if placement:
+        changes["placement"] = placement_overrides(config.placement, placement, prefix="--")
     if name is not None:
         changes["name"] = deployment_name(name, "--name")
     if address is not None:

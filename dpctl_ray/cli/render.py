@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dpctl_ray.launcher.progress import RankPhase, RankProgress
+from dpctl_ray.launcher.status import DeploymentStatus, RankStatus
 from dpctl_ray.planner.inventory import number
 from dpctl_ray.planner.model import NodeUse, Plan
+from dpctl_ray.planner.scale import ScalePlan
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -188,16 +191,16 @@ def devices_text(devices: Sequence[str], device_ips: Sequence[str] = ()) -> str:
     return ",".join(devices)
 
 
-def launch_rows(ranks: Sequence[Any], now: float, started: float) -> list[tuple[str, ...]]:
+def launch_rows(ranks: Sequence[RankProgress], now: float, started: float) -> list[tuple[str, ...]]:
     """rank, node ip, devices, phase (with progress or error), seconds since the launch started."""
     rows: list[tuple[str, ...]] = []
     for r in ranks:
         phase = r.phase.value
-        if r.phase.value == "loading" and r.progress is not None:
+        if r.phase is RankPhase.LOADING and r.progress is not None:
             phase = f"loading {r.progress:4.0%}"
-        elif r.phase.value == "failed" and r.message:
+        elif r.phase is RankPhase.FAILED and r.message:
             phase = f"failed: {r.message.splitlines()[0]}"
-        elif r.phase.value == "loading" and r.message:
+        elif r.phase is RankPhase.LOADING and r.message:
             phase += f" {r.message[:40]}"
         elapsed = r.ready_in if r.ready_in is not None else now - started
         rows.append((str(r.rank), r.ip, devices_text(r.devices, r.device_ips), phase, f"{elapsed:.1f}s"))
@@ -227,14 +230,14 @@ def since_text(ts: float, now: float) -> str:
     return f"{age:.0f}s ago"
 
 
-def status_rows(ranks: Sequence[Any], now: float) -> list[tuple[str, ...]]:
+def status_rows(ranks: Sequence[RankStatus], now: float) -> list[tuple[str, ...]]:
     """One row per rank of a deployment's status."""
     names = short_ids(r.node for r in ranks)
     return [
         (
             str(r.rank),
             str(r.local_rank),
-            r.state,
+            r.state.value,
             names.get(r.node, r.node),
             r.ip,
             devices_text(r.devices, r.device_ips),
@@ -245,15 +248,30 @@ def status_rows(ranks: Sequence[Any], now: float) -> list[tuple[str, ...]]:
     ]
 
 
-def delta_title(delta: Any) -> str:
+def status_title(s: DeploymentStatus) -> str:
+    """The line above a deployment's ranks: its shape, its state, and how many ranks are in each state."""
+    if s.record is None:
+        return f"{s.name}: leftovers without a record (`dpctl down {s.name}` removes them)"
+    spec = s.record.spec
+    counts: dict[str, int] = {}
+    for r in s.ranks:
+        counts[r.state.value] = counts.get(r.state.value, 0) + 1
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    shape = f"TP {spec.tp}" + (f" x PP {spec.pp}" if spec.pp > 1 else "")
+    busy = f"; `dpctl {s.busy['command']}` in progress" if s.busy else ""
+    state = s.record.state.value
+    return f"{s.name}: {plural(spec.dp, 'rank')} of {shape}, pack {spec.pack}, {state}: {states}{busy}"
+
+
+def delta_title(delta: ScalePlan) -> str:
     """One line saying what a scale does."""
-    changed = delta.removed or [r.rank for r in delta.added]
+    changed = delta.removed or tuple(r.rank for r in delta.added)
     verb = "stop" if delta.removed else "add"
     ranks = f"rank{'s' if len(changed) != 1 else ''} {', '.join(map(str, changed))}"
     return f"{delta.name}: dp {delta.before} -> {delta.after}: {verb} {ranks}; the others keep running"
 
 
-def delta_rows(delta: Any) -> list[tuple[str, ...]]:
+def delta_rows(delta: ScalePlan) -> list[tuple[str, ...]]:
     """rank, local rank, node(s), ip(s), devices, strategy of the ranks a scale adds."""
     plan = delta.plan
     added = {r.rank for r in delta.added}

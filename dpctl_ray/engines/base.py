@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol, runtime_checkable
 
 
 class EngineError(Exception):
     """An engine could not start or keep running; the message is shown to the user as is."""
+
+
+class RankState(str, Enum):
+    """A rank's state as `status` reports it (DESIGN.md); the values are the JSON's."""
+
+    PENDING = "PENDING"  # waiting for its placement group
+    STARTING = "STARTING"  # placed, its engine not ready yet
+    READY = "READY"
+    FAILED = "FAILED"  # its engine says it failed, or does not answer
+    DEAD = "DEAD"  # its node or engine actor is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +85,22 @@ class Engine(Protocol):
 
 
 REQUIRED_METHODS = ("start", "health", "set_dp", "stop")
+
+
+@dataclass(frozen=True, slots=True)
+class HostReport:
+    """What a rank's engine host says about it: its state, where it runs, what Ray granted, what it started."""
+
+    state: RankState
+    detail: str
+    devices: tuple[str, ...]
+    device_ips: tuple[str, ...]
+    node: str
+    ip: str
+    since: float
+    dp: int  # the size the engine was last told
+    pid: int  # the host actor's process
+    worker_pids: tuple[int, ...]
+    port: int
+    process_pid: int | None  # a command engine's process
+    log_path: str

@@ -14,11 +14,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from dpctl_ray.engines.base import EngineContext, EngineError, Health, Progress
+from dpctl_ray.engines.placeholders import placeholder_values
+from dpctl_ray.engines.spec import CommandSpec
 
 POLL_SECONDS = 0.1
 TAIL_LINES = 8
@@ -43,32 +43,12 @@ _DIE_WITH_PARENT = (
 )
 
 
-def placeholder_values(ctx: EngineContext) -> dict[str, Any]:
-    """What `{...}` in argv, env and ready targets stand for, for one rank."""
-    here = [d for d, ip in zip(ctx.devices, ctx.device_ips, strict=False) if ip == ctx.node_ip]
-    return {
-        "deployment": ctx.deployment,
-        "rank": ctx.rank,
-        "local_rank": ctx.local_rank,
-        "dp": ctx.dp,
-        "dp_local": ctx.dp_local,
-        "world_size": ctx.world_size,
-        "tp": ctx.tp,
-        "pp": ctx.pp,
-        "master_ip": ctx.master_ip,
-        "master_port": ctx.master_port,
-        "node_ip": ctx.node_ip,
-        "port": ctx.port,
-        "devices": ",".join(here or ctx.devices),
-    }
-
-
-def render(spec: Mapping[str, Any], ctx: EngineContext) -> tuple[list[str], dict[str, str]]:
+def render(spec: CommandSpec, ctx: EngineContext) -> tuple[list[str], dict[str, str]]:
     """The argv and the environment additions of a rank's process (the device variable included)."""
     values = placeholder_values(ctx)
-    argv = [str(arg).format_map(values) for arg in spec["argv"]]
-    env = {str(k): str(v).format_map(values) for k, v in (spec.get("env") or {}).items()}
-    variable = spec.get("visible_devices_env") or VISIBLE_DEVICES_ENV.get(ctx.device)
+    argv = [arg.format_map(values) for arg in spec.argv]
+    env = {key: value.format_map(values) for key, value in spec.env}
+    variable = spec.visible_devices_env or VISIBLE_DEVICES_ENV.get(ctx.device)
     if variable:
         env[variable] = values["devices"]
     return argv, env
@@ -77,12 +57,13 @@ def render(spec: Mapping[str, Any], ctx: EngineContext) -> tuple[list[str], dict
 class CommandEngine:
     """Starts the rank's process, waits for its readiness check, and stops it with SIGTERM then SIGKILL."""
 
-    def __init__(self, spec: Mapping[str, Any]) -> None:
+    def __init__(self, spec: CommandSpec) -> None:
+        if spec.ready is None:
+            raise EngineError("engine.ready: required for engine.kind command")
         self.spec = spec
-        ready = spec["ready"]
-        self.ready_kind, self.ready_target = next(iter(ready.items()))
-        self.progress_pattern = re.compile(spec["progress"]) if spec.get("progress") else None
-        self.stop_grace = float(spec.get("stop_grace", 10.0))
+        self.ready_kind, self.ready_target = spec.ready.kind, spec.ready.target
+        self.progress_pattern = re.compile(spec.progress) if spec.progress else None
+        self.stop_grace = spec.stop_grace
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.log_path = ""
@@ -104,7 +85,7 @@ class CommandEngine:
         ctx.log(f"dpctl: starting {' '.join(argv)}")
         for key in sorted(extra_env):
             ctx.log(f"dpctl:   {key}={extra_env[key]}")
-        self._spawn(argv, env, self.spec.get("cwd") or None)
+        self._spawn(argv, env, self.spec.cwd or None)
         values = placeholder_values(ctx)
         target = self.ready_target if self.ready_kind == "log" else self.ready_target.format_map(values)
         pattern = re.compile(target) if self.ready_kind == "log" else None

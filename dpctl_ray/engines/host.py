@@ -12,10 +12,11 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from dpctl_ray.engines.base import Engine, EngineContext, EngineError
+from dpctl_ray.engines.base import Engine, EngineContext, EngineError, HostReport, RankState
 from dpctl_ray.engines.loader import load_engine_class
 from dpctl_ray.engines.protocol import Phase
 from dpctl_ray.engines.report import StreamReporter
+from dpctl_ray.engines.spec import CommandSpec, DemoSpec, EngineSpec, PythonSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,26 +63,24 @@ class DeviceWorker:
 RemoteDeviceWorker: Any = ray.remote(DeviceWorker)
 
 
-def make_engine(spec: dict[str, Any]) -> Engine:
+def make_engine(spec: EngineSpec) -> Engine:
     """The engine a config's `engine:` section describes."""
-    kind = spec.get("kind", "demo")
-    if kind == "demo":
+    if isinstance(spec, DemoSpec):
         from dpctl_ray.engines.demo import DemoEngine  # noqa: PLC0415
 
-        init_seconds = float(spec.get("init_seconds", 1.0))
-        return DemoEngine(init_seconds=init_seconds, fail_ranks=tuple(spec.get("fail_ranks", ())))
-    if kind == "command":
+        return DemoEngine(init_seconds=spec.init_seconds, fail_ranks=spec.fail_ranks)
+    if isinstance(spec, CommandSpec):
         from dpctl_ray.engines.command import CommandEngine  # noqa: PLC0415
 
         return CommandEngine(spec)
-    if kind == "python":
-        cls = load_engine_class(spec["class"])
+    if isinstance(spec, PythonSpec):
+        cls = load_engine_class(spec.cls)
         try:
-            engine: Engine = cls(**spec.get("args", {}))
+            engine: Engine = cls(**dict(spec.args))
         except TypeError as exc:
-            raise EngineError(f"engine.args: {spec['class']} does not take these arguments: {exc}") from None
+            raise EngineError(f"engine.args: {spec.cls} does not take these arguments: {exc}") from None
         return engine
-    raise EngineError(f"engine.kind: unknown kind {kind!r}")
+    raise EngineError(f"engine.kind: unknown kind {spec.kind!r}")
 
 
 class EngineHost:
@@ -91,9 +90,9 @@ class EngineHost:
     to the launcher at once, with the engine's own exception as the cause.
     """
 
-    def __init__(self, launch: RankLaunch, engine: dict[str, Any], placement_group: Any) -> None:
+    def __init__(self, launch: RankLaunch, engine: EngineSpec, placement_group: Any) -> None:
         self.launch = launch
-        self.state = "STARTING"
+        self.state = RankState.STARTING
         self.since = time.time()
         self.detail = ""
         self.dp = launch.dp
@@ -103,10 +102,9 @@ class EngineHost:
         self.devices: tuple[str, ...] = ()
         self.device_ips: tuple[str, ...] = ()
         self.worker_pids: tuple[int, ...] = ()
-        self.log_path = log_path(engine.get("log_dir", "/tmp/dpctl-logs"), launch.deployment, launch.rank)  # noqa: S108
+        self.log_path = log_path(engine.log_dir, launch.deployment, launch.rank)
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
-        base_port = int(engine.get("base_port") or 0)
-        self.port = base_port + launch.local_rank if base_port else _free_port(self.ip)
+        self.port = engine.base_port + launch.local_rank if engine.base_port else _free_port(self.ip)
         self._reporter = StreamReporter(launch.stream, launch.deployment, launch.token, launch.rank)
         self._reporter.send(Phase.STARTING, "engine actor up", node=self.node, ip=self.ip)
         self.ctx: EngineContext | None = None
@@ -144,7 +142,7 @@ class EngineHost:
             self._reporter.send(Phase.FAILED, message)
             self._reporter.close()
             raise
-        self.state = "READY"
+        self.state = RankState.READY
         self.since = time.time()
         self.ctx.log("dpctl: ready")
         self._reporter.send(Phase.READY, devices=self.devices, node=self.node, ip=self.ip)
@@ -172,33 +170,33 @@ class EngineHost:
         self._reporter.send(Phase.PLACED, "device workers up", devices=self.devices, node=self.node, ip=self.ip)
         return workers
 
-    def ready(self) -> dict[str, Any]:
+    def ready(self) -> HostReport:
         """Returns once the engine serves (Ray runs this after __init__); raises if __init__ failed."""
         return self.health()
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> HostReport:
         """State, devices and node of this rank, with the engine's own health."""
-        if self.state == "READY":
+        if self.state is RankState.READY:
             health = self.engine.health()
             if not health.ok:
-                self.state, self.detail, self.since = "FAILED", health.detail, time.time()
+                self.state, self.detail, self.since = RankState.FAILED, health.detail, time.time()
             else:
                 self.detail = health.detail
-        return {
-            "state": self.state,
-            "detail": self.detail,
-            "devices": list(self.devices),
-            "device_ips": list(self.device_ips),
-            "node": self.node,
-            "ip": self.ip,
-            "since": self.since,
-            "dp": self.dp,
-            "pid": os.getpid(),
-            "worker_pids": list(self.worker_pids),
-            "port": self.port,
-            "process_pid": getattr(self.engine, "pid", None),
-            "log_path": self.log_path,
-        }
+        return HostReport(
+            state=self.state,
+            detail=self.detail,
+            devices=self.devices,
+            device_ips=self.device_ips,
+            node=self.node,
+            ip=self.ip,
+            since=self.since,
+            dp=self.dp,
+            pid=os.getpid(),
+            worker_pids=self.worker_pids,
+            port=self.port,
+            process_pid=getattr(self.engine, "pid", None),
+            log_path=self.log_path,
+        )
 
     def set_dp(self, dp: int) -> None:
         """Tell the engine the deployment's new size."""

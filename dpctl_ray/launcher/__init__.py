@@ -1,1 +1,1 @@
-"""Applying plans to a Ray cluster: connect, snapshot, create placement groups and engines, stream readiness."""
+"""The Ray side: finding and joining the cluster, and a deployment's life on it (`connect()` is the way in)."""

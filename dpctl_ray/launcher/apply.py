@@ -19,11 +19,14 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from dpctl_ray.config import Timeouts
+from dpctl_ray.engines.base import HostReport
 from dpctl_ray.engines.host import RankLaunch
 from dpctl_ray.engines.protocol import Frame, Phase
+from dpctl_ray.engines.spec import EngineSpec
 from dpctl_ray.errors import DpctlError, InfeasibleError, Interrupted, LaunchFailed, TimedOut
 from dpctl_ray.launcher import objects
-from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase, RankProgress
+from dpctl_ray.launcher.progress import LaunchObserver, LaunchResult, RankPhase, RankProgress
 from dpctl_ray.launcher.stream import ReadinessStream
 from dpctl_ray.planner.model import Plan, RankPlacement
 
@@ -40,14 +43,6 @@ class Created:
     actors: list[Any] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Deadlines:
-    """Seconds for all groups to be placed, then for every engine to be ready."""
-
-    placement: float
-    ready: float
-
-
 class Launch:
     """Creates and waits for a set of ranks of one plan (all of them for `up`, the new ones for a scale-up)."""
 
@@ -56,21 +51,20 @@ class Launch:
         plan: Plan,
         ranks: list[RankPlacement],
         *,
-        engine: dict[str, Any],
-        deadlines: Deadlines,
-        observer: Observer,
+        engine: EngineSpec,
+        timeouts: Timeouts,
+        observer: LaunchObserver,
         bind_ip: str | None,
-        token: str | None = None,
         master_port: int = 0,
         node_ips: dict[str, str] | None = None,
     ) -> None:
         self.plan = plan
         self.ranks = ranks
         self.engine = engine
-        self.deadlines = deadlines
+        self.timeouts = timeouts
         self.observer = observer
         self.bind_ip = bind_ip
-        self.token = token or secrets.token_hex(8)
+        self.token = secrets.token_hex(8)
         self.master_port = master_port
         self.created = Created()
         self.stream_address: str | None = None
@@ -148,7 +142,7 @@ class Launch:
         placing = {self._groups[r.rank].ready(): r.rank for r in self.ranks}
         actors = dict(zip([r.rank for r in self.ranks], self.created.actors, strict=True))
         readying = {actors[r.rank].ready.remote(): r.rank for r in self.ranks}
-        placement_deadline = started + self.deadlines.placement
+        placement_deadline = started + self.timeouts.placement
         ready_deadline: float | None = None
         next_group_check = 0.0
         while readying:
@@ -156,7 +150,7 @@ class Launch:
             if placing and now > placement_deadline:
                 raise self._placement_timeout(set(placing.values()))
             if not placing and ready_deadline is None:
-                ready_deadline = now + self.deadlines.ready
+                ready_deadline = now + self.timeouts.ready
             if ready_deadline is not None and now > ready_deadline:
                 raise self._ready_timeout(set(readying.values()))
             if stream is not None:
@@ -206,7 +200,7 @@ class Launch:
 
     def _on_ready(self, rank: int, ref: Any, started: float) -> None:
         try:
-            info = ray.get(ref, timeout=5)
+            info: HostReport = ray.get(ref, timeout=5)
         except RayActorError as exc:
             message = actor_failure(exc)
             self._set(rank, RankPhase.FAILED, started, message)
@@ -218,12 +212,12 @@ class Launch:
         except GetTimeoutError:
             return
         progress = self.progress[rank]
-        progress.devices = tuple(info["devices"])
-        progress.device_ips = tuple(info["device_ips"])
-        progress.node = info["node"]
-        progress.ip = info["ip"]
+        progress.devices = info.devices
+        progress.device_ips = info.device_ips
+        progress.node = info.node
+        progress.ip = info.ip
         if not progress.since:
-            progress.since = float(info["since"])
+            progress.since = info.since
         if progress.phase is not RankPhase.READY:
             self._set(rank, RankPhase.READY, started)
 
@@ -241,8 +235,7 @@ class Launch:
 
     def _check_groups(self, ranks: set[int]) -> None:
         for rank in sorted(ranks):
-            _, scheduling = objects.group_scheduling_state(self._groups[rank])
-            if scheduling == "INFEASIBLE":
+            if objects.group_infeasible(self._groups[rank]):
                 placement = next(r for r in self.ranks if r.rank == rank)
                 where = ", ".join(
                     f"{self.node_ips.get(n, n)} ({c} {self.plan.spec.device})"
@@ -258,7 +251,7 @@ class Launch:
     def _placement_timeout(self, ranks: set[int]) -> TimedOut:
         listed = ", ".join(str(r) for r in sorted(ranks))
         return TimedOut(
-            f"placement timed out after {self.deadlines.placement:g}s: ranks {listed} still wait for resources "
+            f"placement timed out after {self.timeouts.placement:g}s: ranks {listed} still wait for resources "
             "(another job holds them, or a node is busy)",
             hint="raise timeouts.placement, or free the devices; everything this launch created was removed",
             code="placement_timeout",
@@ -271,10 +264,18 @@ class Launch:
             phase = p.phase.value + (f" {p.progress:.0%}" if p.phase is RankPhase.LOADING and p.progress else "")
             parts.append(f"{rank} ({phase})")
         return TimedOut(
-            f"engines not ready after {self.deadlines.ready:g}s: ranks {', '.join(parts)}",
+            f"engines not ready after {self.timeouts.ready:g}s: ranks {', '.join(parts)}",
             hint="raise timeouts.ready if loading is just slow; everything this launch created was removed",
             code="ready_timeout",
         )
+
+
+def bind_ip() -> str | None:
+    """Where engines can reach this driver: its node's address as Ray sees it (none for Ray Client)."""
+    try:
+        return str(ray.util.get_node_ip_address())
+    except Exception:  # noqa: BLE001 - no address: readiness falls back to Ray's own signals
+        return None
 
 
 def actor_failure(exc: RayActorError) -> str:

@@ -1,21 +1,22 @@
-"""Finding the Ray cluster (flag > config > RAY_ADDRESS > local cluster), connecting, and snapshotting its nodes."""
+"""Finding the Ray cluster (flag > config > RAY_ADDRESS > local cluster) and joining it as a Session."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dpctl_ray.config import ClusterConfig
 from dpctl_ray.errors import ClusterUnreachable
 from dpctl_ray.launcher import local
-from dpctl_ray.planner.model import Node
 
-NAMESPACE = "dpctl"
+if TYPE_CHECKING:
+    from dpctl_ray.launcher.session import Session
+
 # Ray's own record of the cluster `ray start --head` last started on this machine (default temp dir).
 RAY_CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # noqa: S108 - Ray's fixed path
 
@@ -93,59 +94,17 @@ def _local(cluster: ClusterConfig, start_local: bool, say: Callable[[str], None]
 @contextmanager
 def connect(
     cluster: ClusterConfig, *, start_local: bool = False, say: Callable[[str], None] = lambda _: None
-) -> Iterator[Target]:
-    """Resolve and join the cluster as a driver in the `dpctl` namespace; leave it on exit."""
+) -> Iterator[Session]:
+    """Resolve and join the cluster; everything Ray-side goes through the Session this yields."""
     target = resolve(cluster, start_local=start_local, say=say)
     if "ray" in sys.modules and any(os.environ.get(k) != v for k, v in target.env.items()):
         msg = "ray was imported before connect() set its auth environment; Ray would ignore it"
         raise RuntimeError(msg)
-    os.environ.update(target.env)  # before `import ray`: Ray reads its auth settings at import
+    os.environ.update(target.env)
     if target.local is not None:
         os.environ.pop("RAY_AUTH_TOKEN", None)
-    import ray  # noqa: PLC0415 - offline commands never import ray
+    # The one deferred import of the Ray side: Ray reads its auth settings when it is first imported.
+    from dpctl_ray.launcher.session import Session  # noqa: PLC0415
 
-    if ray.is_initialized():
-        ray.shutdown()
-    try:
-        ray.init(
-            address=target.address,
-            namespace=NAMESPACE,
-            logging_level=logging.ERROR,
-            log_to_driver=False,
-        )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterUnreachable(
-            f"cannot join the Ray cluster at {target.address} ({target.source}): {str(exc).splitlines()[0]}",
-            hint="with token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or ~/.ray/auth_token)",
-        ) from None
-    try:
-        yield target
-    finally:
-        ray.shutdown()
-
-
-def snapshot() -> tuple[Node, ...]:
-    """Alive nodes with totals, free resources and labels, from the GCS (no dashboard needed)."""
-    import ray  # noqa: PLC0415
-    from ray._private.state import state as gcs_state  # noqa: PLC0415 - per-node availability; public API needs the dashboard
-
-    available = gcs_state.available_resources_per_node()
-    nodes = []
-    for raw in ray.nodes():
-        if not raw.get("Alive"):
-            continue
-        node_id = raw["NodeID"]
-        totals = raw.get("Resources", {})
-        resources = {k: float(v) for k, v in totals.items() if not k.startswith("node:")}
-        free = available.get(node_id, {})
-        nodes.append(
-            Node(
-                id=node_id,
-                ip=raw["NodeManagerAddress"],
-                head="node:__internal_head__" in totals,
-                resources=resources,
-                available={k: float(free.get(k, 0.0)) for k in resources},
-                labels={k: v for k, v in raw.get("Labels", {}).items() if k != "ray.io/node-id"},
-            )
-        )
-    return tuple(nodes)
+    with Session.join(target.address, target.source) as session:
+        yield session

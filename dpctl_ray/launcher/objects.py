@@ -11,10 +11,11 @@ from ray.util.placement_group import PlacementGroup, placement_group, placement_
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dpctl_ray.engines.host import EngineHost, RankLaunch
-from dpctl_ray.launcher.records import NAMESPACE, engine_name, pg_name, prefix
+from dpctl_ray.engines.spec import EngineSpec
+from dpctl_ray.launcher.nodes import NODE_ID_LABEL
+from dpctl_ray.launcher.records import NAMESPACE, ObjectKind, ObjectName, object_name, prefix
 from dpctl_ray.planner.model import Bundle, RankPlacement
 
-NODE_LABEL = "ray.io/node-id"
 RemoteEngineHost = ray.remote(EngineHost)
 
 
@@ -23,25 +24,23 @@ def create_group(deployment: str, rank: RankPlacement, bundles: tuple[Bundle, ..
     group: PlacementGroup = placement_group(
         [dict(b.resources) for b in bundles],
         strategy=rank.strategy,
-        name=pg_name(deployment, rank.rank),
+        name=object_name(deployment, ObjectKind.GROUP, rank.rank),
         lifetime="detached",
-        bundle_label_selector=[{NODE_LABEL: b.node} for b in bundles],
+        bundle_label_selector=[{NODE_ID_LABEL: b.node} for b in bundles],
     )
     return group
 
 
-def group_scheduling_state(group: PlacementGroup) -> tuple[str, str]:
-    """(state, scheduling state) of a group, e.g. ("PENDING", "INFEASIBLE")."""
+def group_infeasible(group: PlacementGroup) -> bool:
+    """Whether Ray has found that no node can hold the group (it then stays pending, never failing by itself)."""
     info = placement_group_table(group)
-    return str(info.get("state", "")), str(info.get("stats", {}).get("scheduling_state", ""))
+    return bool(info.get("stats", {}).get("scheduling_state") == "INFEASIBLE")
 
 
-def create_engine(
-    deployment: str, launch: RankLaunch, engine: dict[str, Any], group: PlacementGroup, cpus: float
-) -> Any:
+def create_engine(deployment: str, launch: RankLaunch, engine: EngineSpec, group: PlacementGroup, cpus: float) -> Any:
     """One rank's detached, named engine host on the control bundle (the last bundle of its group)."""
     return RemoteEngineHost.options(
-        name=engine_name(deployment, launch.rank),
+        name=object_name(deployment, ObjectKind.ENGINE, launch.rank),
         namespace=NAMESPACE,
         lifetime="detached",
         num_cpus=cpus,
@@ -56,7 +55,7 @@ def create_engine(
 def find_engine(deployment: str, rank: int) -> Any | None:
     """The engine host of a rank, if it exists."""
     try:
-        return ray.get_actor(engine_name(deployment, rank), namespace=NAMESPACE)
+        return ray.get_actor(object_name(deployment, ObjectKind.ENGINE, rank), namespace=NAMESPACE)
     except ValueError:
         return None
 
@@ -85,8 +84,8 @@ def remove(groups: list[PlacementGroup], actors: list[Any]) -> None:
 def remove_ranks(deployment: str, ranks: list[int]) -> Removed:
     """Remove the engine actors and placement groups of some ranks of a deployment, found by name."""
     removed = Removed()
-    wanted_actors = {engine_name(deployment, r) for r in ranks}
-    wanted_groups = {pg_name(deployment, r) for r in ranks}
+    wanted_actors = {object_name(deployment, ObjectKind.ENGINE, r) for r in ranks}
+    wanted_groups = {object_name(deployment, ObjectKind.GROUP, r) for r in ranks}
     for name in sorted(wanted_actors & set(named_actors(prefix(deployment)))):
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
@@ -134,20 +133,11 @@ def live_groups(name_prefix: str = "dpctl/") -> dict[str, PlacementGroup]:
 
 def ranks_with_objects(deployment: str) -> set[int]:
     """Rank numbers that have an engine actor or placement group of the deployment."""
-    ranks = set()
-    for name in [*named_actors(prefix(deployment)), *live_groups(prefix(deployment))]:
-        tail = name.rsplit("/", 1)[-1]
-        kind, _, number = tail.partition("-")
-        if kind in ("engine", "pg") and number.isdigit():
-            ranks.add(int(number))
-    return ranks
+    parsed = (ObjectName.parse(n) for n in [*named_actors(prefix(deployment)), *live_groups(prefix(deployment))])
+    return {name.rank for name in parsed if name is not None and name.rank is not None}
 
 
 def deployments_with_objects() -> set[str]:
     """Deployment names that have any dpctl-named actor or placement group (records or not)."""
-    found = set()
-    for name in [*named_actors(), *live_groups()]:
-        parts = name.split("/")
-        if len(parts) >= 3:
-            found.add(parts[1])
-    return found
+    parsed = (ObjectName.parse(n) for n in [*named_actors(), *live_groups()])
+    return {name.deployment for name in parsed if name is not None}

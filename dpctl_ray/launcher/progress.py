@@ -1,11 +1,15 @@
-"""A launch as its watchers see it: per-rank phases and progress, and the observer protocol (no Ray here)."""
+"""A launch as its watchers see it: per-rank phases and progress, and the observer protocols (no Ray here)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from dpctl_ray.planner.model import Plan
+    from dpctl_ray.planner.scale import ScalePlan
 
 
 class RankPhase(str, Enum):
@@ -38,7 +42,7 @@ class RankProgress:
     node: str = ""
 
 
-class Observer(Protocol):
+class LaunchObserver(Protocol):
     """What the CLI (or a test) sees of a launch."""
 
     def begin(self, ranks: list[RankProgress], started: float) -> None:
@@ -52,6 +56,22 @@ class Observer(Protocol):
 
     def end(self, ok: bool) -> None:
         """The launch is over."""
+
+
+class Observer(LaunchObserver, Protocol):
+    """What the CLI sees of a command: the plan or delta it applies, what it says along the way, its launches."""
+
+    def planned(self, plan: Plan) -> None:
+        """`up` is about to launch this plan."""
+
+    def scaling(self, delta: ScalePlan) -> None:
+        """A scale is about to apply this delta."""
+
+    def note(self, message: str) -> None:
+        """Something worth saying (a recovery, a convergence by scaling)."""
+
+    def warn(self, message: str) -> None:
+        """Something the user may want to fix (an allow-list entry that matches nothing)."""
 
 
 @dataclass(slots=True)

@@ -7,20 +7,36 @@ the GCS key-value store (namespace `dpctl`), its placement groups and actors are
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
-from dpctl_ray.errors import Busy
+from dpctl_ray.engines.spec import EngineSpec, engine_from_document
+from dpctl_ray.errors import BadInput, Busy
+from dpctl_ray.planner.document import spec_from_document, spec_to_document
+from dpctl_ray.planner.model import STRATEGY, Placement, Plan, RankPlacement, ResolvedSpec
 
 NAMESPACE = "dpctl"
 _RECORD = "deployments/"
 _LOCK = "locks/"
+
+
+# --- names of a deployment's Ray objects ----------------------------------------------------------------
+
+
+class ObjectKind(str, Enum):
+    """What a named Ray object of a deployment is; the value is its name's stem."""
+
+    GROUP = "pg"  # a rank's placement group
+    ENGINE = "engine"  # a rank's engine host actor
 
 
 def prefix(deployment: str) -> str:
@@ -28,14 +44,42 @@ def prefix(deployment: str) -> str:
     return f"dpctl/{deployment}/"
 
 
-def pg_name(deployment: str, rank: int) -> str:
-    """The placement group of one rank."""
-    return f"{prefix(deployment)}pg-{rank}"
+def object_name(deployment: str, kind: ObjectKind, rank: int) -> str:
+    """`dpctl/<deployment>/pg-<rank>` or `dpctl/<deployment>/engine-<rank>`."""
+    return f"{prefix(deployment)}{kind.value}-{rank}"
 
 
-def engine_name(deployment: str, rank: int) -> str:
-    """The engine host actor of one rank."""
-    return f"{prefix(deployment)}engine-{rank}"
+@dataclass(frozen=True, slots=True)
+class ObjectName:
+    """A dpctl object name taken apart: its deployment, and its kind and rank when it is a rank's object."""
+
+    deployment: str
+    kind: ObjectKind | None
+    rank: int | None
+
+    @classmethod
+    def parse(cls, name: str) -> ObjectName | None:
+        """The parts of a name under `dpctl/`, or None for anything else."""
+        parts = name.split("/")
+        if len(parts) < 3 or parts[0] != "dpctl" or not parts[1]:
+            return None
+        stem, _, number = parts[-1].partition("-")
+        kind = next((k for k in ObjectKind if k.value == stem), None)
+        if kind is None or not number.isdigit() or len(parts) != 3:
+            return cls(parts[1], None, None)
+        return cls(parts[1], kind, int(number))
+
+
+# --- records ---------------------------------------------------------------------------------------------
+
+
+class DeploymentState(str, Enum):
+    """Where a deployment is in its life, as its record says."""
+
+    LAUNCHING = "launching"  # `up` is creating it
+    RUNNING = "running"
+    SCALING = "scaling"  # a scale is adding or removing ranks (a killed one is recovered by the next command)
+    FAILED = "failed"  # a launch failed and --keep-on-failure kept it
 
 
 @dataclass(slots=True)
@@ -52,16 +96,21 @@ class RankRecord:
     device_ips: list[str] = field(default_factory=list)
     since: float = 0.0
 
+    @classmethod
+    def planned(cls, rank: RankPlacement, ip: str) -> RankRecord:
+        """A rank of a plan, before anything is granted."""
+        return cls(rank.rank, rank.local_rank, list(rank.nodes), list(rank.devices), rank.control, ip)
+
 
 @dataclass(slots=True)
 class Record:
     """A deployment: what was asked for, how it was placed, and its ranks."""
 
     name: str
-    state: str  # launching | running | scaling | failed
-    request: dict[str, Any]  # the placement the user asked for (dp_local and master may be auto)
-    spec: dict[str, Any]  # the resolved spec of the plan (DESIGN.md plan "spec")
-    engine: dict[str, Any]
+    state: DeploymentState
+    request: Placement  # the placement the user asked for (dp_local and master may be auto)
+    spec: ResolvedSpec  # the resolved spec of the plan
+    engine: EngineSpec
     token: str
     job: str  # Ray job id of the command that last wrote this record
     created: float
@@ -71,14 +120,92 @@ class Record:
 
     def to_json(self) -> bytes:
         """The stored form."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        doc = {
+            "name": self.name,
+            "state": self.state.value,
+            "request": request_document(self.request),
+            "spec": spec_to_document(self.name, self.spec),
+            "engine": self.engine.to_document(),
+            "token": self.token,
+            "job": self.job,
+            "created": self.created,
+            "updated": self.updated,
+            "ranks": [dataclasses.asdict(r) for r in self.ranks],
+            "version": self.version,
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Record:
         """Read a stored record."""
         raw = json.loads(data)
-        ranks = [RankRecord(**r) for r in raw.pop("ranks")]
-        return cls(**raw, ranks=ranks)
+        request = raw["request"]
+        return cls(
+            name=raw["name"],
+            state=DeploymentState(raw["state"]),
+            request=Placement(**{**request, "nodes": tuple(request["nodes"])}),
+            spec=spec_from_document(raw["spec"]),
+            engine=engine_from_document(raw["engine"]),
+            token=raw["token"],
+            job=raw["job"],
+            created=raw["created"],
+            updated=raw["updated"],
+            ranks=[RankRecord(**r) for r in raw["ranks"]],
+            version=raw.get("version", 1),
+        )
+
+    def plan(self) -> Plan:
+        """The running deployment as a plan: its resolved spec and its ranks (what the scale planner starts from)."""
+        ranks = tuple(
+            RankPlacement(r.rank, r.local_rank, STRATEGY[self.spec.pack], tuple(r.nodes), tuple(r.devices), r.control)
+            for r in sorted(self.ranks, key=lambda r: r.rank)
+        )
+        return Plan(self.name, dataclasses.replace(self.spec, dp=len(ranks)), ranks, (), (), (), "")
+
+
+def request_document(spec: Placement) -> dict[str, Any]:
+    """The placement as the user asked for it, for comparing a new `up` with what runs."""
+    doc = dataclasses.asdict(spec)
+    doc["nodes"] = list(spec.nodes)
+    return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One setting a new `up` changes about a running deployment."""
+
+    section: str  # placement | engine
+    key: str
+    old: object
+    new: object
+
+    def __str__(self) -> str:
+        return f"{self.section}.{self.key}: {self.old!r} -> {self.new!r}"
+
+
+def differences(record: Record, request: Placement, engine: EngineSpec) -> list[Difference]:
+    """What a new request changes about a running deployment, key by key."""
+    out = []
+    for section, old, new in (
+        ("placement", request_document(record.request), request_document(request)),
+        ("engine", record.engine.to_document(), engine.to_document()),
+    ):
+        out += [
+            Difference(section, key, old.get(key), new.get(key))
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+        ]
+    return out
+
+
+def master_port(name: str, engine: EngineSpec) -> int:
+    """{master_port}: engine.master_port, else a port in 20000-39999 derived from the name (same for every rank)."""
+    if engine.master_port:
+        return engine.master_port
+    return 20000 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 20000
+
+
+# --- storage and locks in the GCS ------------------------------------------------------------------------
 
 
 class _KV:
@@ -112,6 +239,16 @@ def load(name: str) -> Record | None:
     """The deployment's record, or None."""
     data = _kv().get(_RECORD + name)
     return None if data is None else Record.from_json(data)
+
+
+def require(name: str) -> Record:
+    """The record of a deployment that must exist; bad input naming it otherwise."""
+    record = load(name)
+    if record is None:
+        raise BadInput(
+            f"no deployment named {name!r} in this cluster", hint="`dpctl status` lists them", code="no_deployment"
+        )
+    return record
 
 
 def save(record: Record) -> None:

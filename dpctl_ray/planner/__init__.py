@@ -15,12 +15,13 @@ from dpctl_ray.planner.model import (
     Skip,
     SkipReason,
 )
-from dpctl_ray.planner.place import SpecError, check_spec, cluster_fingerprint, plan
+from dpctl_ray.planner.place import NoPlan, SpecError, check_spec, cluster_fingerprint, feasible, plan
 
 __all__ = [
     "Bundle",
     "Infeasible",
     "InfeasibleCode",
+    "NoPlan",
     "Node",
     "NodeUse",
     "Offer",
@@ -34,5 +35,6 @@ __all__ = [
     "SpecError",
     "check_spec",
     "cluster_fingerprint",
+    "feasible",
     "plan",
 ]

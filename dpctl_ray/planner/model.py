@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Literal
 
@@ -109,23 +109,19 @@ class NodeUse:
 
 
 @dataclass(frozen=True, slots=True)
-class ResolvedSpec:
-    """The spec with `auto` resolved against the cluster: the dp_local and master the plan used."""
+class ResolvedSpec(Placement):
+    """The spec a plan used: the request with `auto` resolved (dp_local a number, master a node id).
 
-    dp: int
-    dp_local: int
-    tp: int
-    pp: int
-    pack: Pack
-    device: str
-    cpus: float
-    master: str
-    nodes: tuple[str, ...]
+    It is a Placement itself: planning it again against the same cluster gives the same plan.
+    """
 
-    @property
-    def world_size(self) -> int:
-        """Devices one rank needs."""
-        return self.tp * self.pp
+    dp_local: int = 1
+
+    @classmethod
+    def of(cls, spec: Placement, *, dp_local: int, master: str) -> ResolvedSpec:
+        """`spec` with these values for what it left to the planner."""
+        values = {f.name: getattr(spec, f.name) for f in fields(Placement)}
+        return cls(**{**values, "dp_local": dp_local, "master": master})
 
 
 class SkipReason(str, Enum):

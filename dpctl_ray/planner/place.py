@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import TypeVar
 
-from dpctl_ray.errors import BadInput
+from dpctl_ray.errors import BadInput, InfeasibleError
 from dpctl_ray.planner.model import (
     GRANULARITY,
     PACKS,
@@ -34,45 +35,88 @@ class SpecError(BadInput):
     default_code = "bad_spec"
 
 
+class NoPlan(InfeasibleError):
+    """The planner found no placement. `result` carries its causes as data; the CLI puts them into words."""
+
+    def __init__(self, result: Infeasible) -> None:
+        super().__init__(f"infeasible: {result.code.value}", code=result.code.value)
+        self.result = result
+
+
+T = TypeVar("T")
+
+
+def feasible(result: T | Infeasible) -> T:
+    """The plan (or delta); an infeasible result raises NoPlan, which carries it to the CLI to be put into words."""
+    if isinstance(result, Infeasible):
+        raise NoPlan(result)
+    return result
+
+
 def plan(request: PlanRequest) -> Plan | Infeasible:
     """Place ranks 0..dp-1; the same request always gives the same plan, whatever the node order."""
     spec = request.spec
     check_spec(spec)
-    fingerprint = cluster_fingerprint(request.nodes, spec.device)
     ordered = sorted(request.nodes, key=node_order_key)
     candidates, skipped, warnings = filter_nodes(ordered, spec)
-    ledger = Ledger.of(candidates, spec)
-    master = _choose_master(request, candidates, skipped, ledger, fingerprint)
+    run = Planning(request, Ledger.of(candidates, spec), skipped, cluster_fingerprint(request.nodes, spec.device))
+    master = _choose_master(run, candidates)
     if isinstance(master, Infeasible):
         return master
     order = [master, *(n for n in candidates if n is not master)]
-    if spec.pack == "span":
-        placed = _place_span(request, order, skipped, ledger, fingerprint)
-    else:
-        placed = _place_packed(request, order, skipped, ledger, fingerprint)
+    placed = _place_span(run, order) if spec.pack == "span" else _place_packed(run, order)
     if isinstance(placed, Infeasible):
         return placed
     ranks, dp_local = placed
-    resolved = ResolvedSpec(
-        dp=spec.dp,
-        dp_local=dp_local,
-        tp=spec.tp,
-        pp=spec.pp,
-        pack=spec.pack,
-        device=spec.device,
-        cpus=spec.cpus,
-        master=master.id,
-        nodes=spec.nodes,
-    )
     return Plan(
         name=request.name,
-        spec=resolved,
+        spec=ResolvedSpec.of(spec, dp_local=dp_local, master=master.id),
         ranks=tuple(ranks),
         nodes=node_uses((master, *(n for n in ordered if n is not master)), ranks, spec.cpus),
         skipped=tuple(skipped),
         warnings=tuple(warnings),
-        fingerprint=fingerprint,
+        fingerprint=run.fingerprint,
     )
+
+
+@dataclass(slots=True)
+class Planning:
+    """One planning run: the request, what each node has left, the nodes passed over, the cluster's fingerprint."""
+
+    request: PlanRequest
+    ledger: Ledger
+    skipped: list[Skip]
+    fingerprint: str
+
+    def infeasible(
+        self,
+        code: InfeasibleCode,
+        best: Offer | None,
+        *,
+        rank: int = 0,
+        ranks: int = 1,
+        master: Node | None = None,
+        dp_local: int | None = None,
+        detail: str = "",
+        skipped: tuple[Skip, ...] | None = None,
+    ) -> Infeasible:
+        """No plan: `rank` is the first rank not placed, needing `ranks` ranks' worth of devices and CPUs at once."""
+        spec = self.request.spec
+        return Infeasible(
+            name=self.request.name,
+            code=code,
+            spec=spec,
+            rank=rank,
+            placed=rank,
+            need_devices=ranks * self.ledger.need_devices,
+            need_cpus=ranks * spec.cpus,
+            best=best,
+            skipped=tuple(self.skipped) if skipped is None else skipped,
+            master=master.id if master is not None else None,
+            dp_local=dp_local,
+            detail=detail,
+            fingerprint=self.fingerprint,
+        )
 
 
 def check_spec(spec: Placement) -> None:
@@ -163,94 +207,48 @@ def filter_nodes(ordered: Sequence[Node], spec: Placement) -> tuple[list[Node], 
     return candidates, skipped, warnings
 
 
-def _choose_master(
-    request: PlanRequest,
-    candidates: list[Node],
-    skipped: list[Skip],
-    ledger: Ledger,
-    fingerprint: str,
-) -> Node | Infeasible:
+def _choose_master(run: Planning, candidates: list[Node]) -> Node | Infeasible:
     """Step 2: the master is named (id, else a unique ip) or, for auto, the head when it can host a rank."""
-    spec = request.spec
-
-    def infeasible(code: InfeasibleCode, detail: str = "") -> Infeasible:
-        return Infeasible(
-            name=request.name,
-            code=code,
-            spec=spec,
-            rank=0,
-            placed=0,
-            need_devices=ledger.need_devices,
-            need_cpus=spec.cpus,
-            best=ledger.best_offer(candidates),
-            skipped=tuple(skipped),
-            detail=detail,
-            fingerprint=fingerprint,
-        )
-
+    spec = run.request.spec
+    ledger = run.ledger
     if spec.master == "auto":
         if not candidates:
-            return infeasible(InfeasibleCode.NO_NODES)
+            return run.infeasible(InfeasibleCode.NO_NODES, ledger.best_offer(candidates))
         heads = [n for n in candidates if n.head and ledger.hosts_one(n)]
         if heads:
             return heads[0]
         return min(candidates, key=lambda n: (not ledger.hosts_one(n), -n.free_devices(spec.device), n.id))
-    by_id = [n for n in request.nodes if n.id == spec.master]
-    named = by_id or [n for n in request.nodes if n.ip == spec.master]
-    if not named:
-        return infeasible(InfeasibleCode.MASTER_UNKNOWN, spec.master)
-    if len(named) > 1:
-        return infeasible(InfeasibleCode.MASTER_AMBIGUOUS, spec.master)
+    by_id = [n for n in run.request.nodes if n.id == spec.master]
+    named = by_id or [n for n in run.request.nodes if n.ip == spec.master]
+    if len(named) != 1:
+        code = InfeasibleCode.MASTER_AMBIGUOUS if named else InfeasibleCode.MASTER_UNKNOWN
+        return run.infeasible(code, ledger.best_offer(candidates), detail=spec.master)
     master = named[0]
     if master not in candidates:
-        reason = next(s for s in skipped if s.node == master.id)
-        return Infeasible(
-            name=request.name,
-            code=InfeasibleCode.MASTER_UNUSABLE,
-            spec=spec,
-            rank=0,
-            placed=0,
-            need_devices=ledger.need_devices,
-            need_cpus=spec.cpus,
-            best=ledger.best_offer(candidates),
-            skipped=(reason,),
-            master=master.id,
+        reason = next(s for s in run.skipped if s.node == master.id)
+        return run.infeasible(
+            InfeasibleCode.MASTER_UNUSABLE,
+            ledger.best_offer(candidates),
+            master=master,
             detail=spec.master,
-            fingerprint=fingerprint,
+            skipped=(reason,),
         )
     return master
 
 
-def _place_packed(
-    request: PlanRequest,
-    order: list[Node],
-    skipped: list[Skip],
-    ledger: Ledger,
-    fingerprint: str,
-) -> tuple[list[RankPlacement], int] | Infeasible:
+def _place_packed(run: Planning, order: list[Node]) -> tuple[list[RankPlacement], int] | Infeasible:
     """Step 3 (strict, fill): whole ranks per node; the master takes dp_local, the others per the mode."""
-    spec = request.spec
+    spec = run.request.spec
     master = order[0]
-    master_fits = ledger.ranks_fit(master)
+    master_fits = run.ledger.ranks_fit(master)
     dp_local = spec.dp_local if spec.dp_local is not None else min(master_fits, spec.dp)
     if dp_local == 0 or master_fits < dp_local:
-        want = max(dp_local, 1)
-        return Infeasible(
-            name=request.name,
-            code=InfeasibleCode.MASTER_CANNOT_FIT,
-            spec=spec,
-            rank=0,
-            placed=0,
-            need_devices=want * ledger.need_devices,
-            need_cpus=want * spec.cpus,
-            best=ledger.offer(master),
-            skipped=tuple(skipped),
-            master=master.id,
-            fingerprint=fingerprint,
-        )
-    ranks = packed_ranks(order, master, ledger, skipped, spec, dp_local, hosted={}, first_rank=0, count=spec.dp)
+        offer = run.ledger.offer(master)
+        return run.infeasible(InfeasibleCode.MASTER_CANNOT_FIT, offer, ranks=max(dp_local, 1), master=master)
+    ranks = packed_ranks(order, master, run.ledger, run.skipped, spec, dp_local, hosted={}, first_rank=0, count=spec.dp)
     if len(ranks) < spec.dp:
-        return replace(ledger.insufficient(request, order, ranks, skipped, master, fingerprint), dp_local=dp_local)
+        best = run.ledger.best_offer(order)
+        return run.infeasible(InfeasibleCode.INSUFFICIENT, best, rank=len(ranks), master=master, dp_local=dp_local)
     return ranks, dp_local
 
 
@@ -259,7 +257,7 @@ def packed_ranks(
     master: Node | None,
     ledger: Ledger,
     skipped: list[Skip],
-    spec: Placement | ResolvedSpec,
+    spec: Placement,
     dp_local: int,
     *,
     hosted: Mapping[str, int],
@@ -276,14 +274,12 @@ def packed_ranks(
     strict = spec.pack == "strict"
     devices = (spec.world_size,)
     ranks: list[RankPlacement] = []
-    add = ranks.append
-    fit = ledger.ranks_fit
     for node in order:
         remaining = count - len(ranks)
         if remaining == 0:
             break
-        have = hosted.get(node.id, 0) if hosted else 0
-        fits = fit(node)
+        have = hosted.get(node.id, 0)
+        fits = ledger.ranks_fit(node)
         if strict or node is master:
             take = min(dp_local - have, remaining)
             if take <= 0:
@@ -299,48 +295,28 @@ def packed_ranks(
         node_id = node.id
         nodes = (node_id,)
         first = first_rank + len(ranks)
-        for i in range(take):
-            add(RankPlacement(first + i, have + i, strategy, nodes, devices, node_id))
+        ranks += [RankPlacement(first + i, have + i, strategy, nodes, devices, node_id) for i in range(take)]
         ledger.take(node, take)
     return ranks
 
 
-def _place_span(
-    request: PlanRequest,
-    order: list[Node],
-    skipped: list[Skip],
-    ledger: Ledger,
-    fingerprint: str,
-) -> tuple[list[RankPlacement], int] | Infeasible:
+def _place_span(run: Planning, order: list[Node]) -> tuple[list[RankPlacement], int] | Infeasible:
     """Step 3 (span): a rank takes whole nodes, as many as the master's free devices divide world_size."""
-    spec = request.spec
+    spec = run.request.spec
     master = order[0]
     per_node = master.free_devices(spec.device)
-
-    def infeasible(code: InfeasibleCode) -> Infeasible:
-        return Infeasible(
-            name=request.name,
-            code=code,
-            spec=spec,
-            rank=0,
-            placed=0,
-            need_devices=spec.world_size,
-            need_cpus=spec.cpus,
-            best=ledger.offer(master),
-            skipped=tuple(skipped),
-            master=master.id,
-            fingerprint=fingerprint,
-        )
-
-    if per_node == 0 or not ledger.has_cpus(master):
-        return infeasible(InfeasibleCode.MASTER_CANNOT_FIT)
-    if spec.world_size <= per_node:
-        return infeasible(InfeasibleCode.SPAN_TOO_SMALL)
-    if spec.world_size % per_node:
-        return infeasible(InfeasibleCode.SPAN_UNEVEN)
-    ranks = span_ranks(order, per_node, spec, ledger, skipped, first_rank=0, count=spec.dp)
+    code = None
+    if per_node == 0 or not run.ledger.has_cpus(master):
+        code = InfeasibleCode.MASTER_CANNOT_FIT
+    elif spec.world_size <= per_node:
+        code = InfeasibleCode.SPAN_TOO_SMALL
+    elif spec.world_size % per_node:
+        code = InfeasibleCode.SPAN_UNEVEN
+    if code is not None:
+        return run.infeasible(code, run.ledger.offer(master), master=master)
+    ranks = span_ranks(order, per_node, spec, run.ledger, run.skipped, first_rank=0, count=spec.dp)
     if len(ranks) < spec.dp:
-        return ledger.insufficient(request, order, ranks, skipped, master, fingerprint)
+        return run.infeasible(InfeasibleCode.INSUFFICIENT, run.ledger.best_offer(order), rank=len(ranks), master=master)
     return ranks, 1
 
 
@@ -519,27 +495,3 @@ class Ledger:  # shared with the scale planner
         short_of_devices = self.dev[node.id] < ranks * self.rank_dev
         reason = SkipReason.TOO_FEW_DEVICES if short_of_devices else SkipReason.TOO_FEW_CPUS
         return self.skip(node, reason, ranks * self.world_size, ranks * self.cpus)
-
-    def insufficient(
-        self,
-        request: PlanRequest,
-        order: list[Node],
-        ranks: list[RankPlacement],
-        skipped: list[Skip],
-        master: Node,
-        fingerprint: str,
-    ) -> Infeasible:
-        """The nodes ran out with ranks left over: the first of them, its need, the best offer."""
-        return Infeasible(
-            name=request.name,
-            code=InfeasibleCode.INSUFFICIENT,
-            spec=request.spec,
-            rank=len(ranks),
-            placed=len(ranks),
-            need_devices=self.world_size,
-            need_cpus=self.cpus,
-            best=self.best_offer(order),
-            skipped=tuple(skipped),
-            master=master.id,
-            fingerprint=fingerprint,
-        )

@@ -14,18 +14,10 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
-from dpctl_ray.planner.model import (
-    Infeasible,
-    InfeasibleCode,
-    Node,
-    Placement,
-    Plan,
-    PlanRequest,
-    RankPlacement,
-    Skip,
-)
+from dpctl_ray.planner.model import Infeasible, InfeasibleCode, Node, Plan, PlanRequest, RankPlacement
 from dpctl_ray.planner.place import (
     Ledger,
+    Planning,
     SpecError,
     cluster_fingerprint,
     filter_nodes,
@@ -70,49 +62,44 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
             fingerprint=fingerprint,
         )
         return ScalePlan(current.name, before, after, (), tuple(r.rank for r in current.ranks[dp:]))
-    placement = Placement(
-        dp=dp,
-        tp=spec.tp,
-        pp=spec.pp,
-        dp_local=spec.dp_local if spec.pack != "span" else None,
-        pack=spec.pack,
-        device=spec.device,
-        master=spec.master,
-        nodes=spec.nodes,
-        cpus=spec.cpus,
-    )
-    candidates, skipped, warnings = filter_nodes(ordered, placement)
-    ledger = Ledger.of(candidates, placement)
+    grown = dataclasses.replace(spec, dp=dp)
+    candidates, skipped, warnings = filter_nodes(ordered, grown)
+    run = Planning(PlanRequest(current.name, grown, nodes), Ledger.of(candidates, grown), skipped, fingerprint)
     master = next((n for n in candidates if n.id == spec.master), None)
     order = [*([master] if master else []), *(n for n in candidates if n is not master)]
     if spec.pack == "span":
         used = {n for r in current.ranks for n in r.nodes}
         per_node = current.ranks[0].devices[0] if current.ranks else spec.world_size
-        added = span_ranks(
-            (n for n in order if n.id not in used),
-            per_node,
-            placement,
-            ledger,
-            skipped,
-            first_rank=before,
-            count=dp - before,
-        )
+        fresh = (n for n in order if n.id not in used)
+        added = span_ranks(fresh, per_node, grown, run.ledger, skipped, first_rank=before, count=dp - before)
     else:
         hosted = Counter(r.control for r in current.ranks)
         added = packed_ranks(
-            order, master, ledger, skipped, spec, spec.dp_local, hosted=hosted, first_rank=before, count=dp - before
+            order,
+            master,
+            run.ledger,
+            skipped,
+            grown,
+            spec.dp_local,
+            hosted=hosted,
+            first_rank=before,
+            count=dp - before,
         )
     if len(added) < dp - before:
         if not order:
-            return _no_nodes(current, placement, skipped, fingerprint)
-        request = PlanRequest(current.name, placement, nodes)
-        placed = [*current.ranks, *added]
-        result = ledger.insufficient(request, order, placed, skipped, master or order[0], fingerprint)
-        return dataclasses.replace(result, dp_local=spec.dp_local)
+            return run.infeasible(InfeasibleCode.NO_NODES, None, rank=before)
+        best = run.ledger.best_offer(order)
+        return run.infeasible(
+            InfeasibleCode.INSUFFICIENT,
+            best,
+            rank=before + len(added),
+            master=master or order[0],
+            dp_local=spec.dp_local,
+        )
     ranks = (*current.ranks, *added)
     after = Plan(
         name=current.name,
-        spec=dataclasses.replace(spec, dp=dp),
+        spec=grown,
         ranks=ranks,
         nodes=node_uses(ordered, ranks, spec.cpus),
         skipped=tuple(skipped),
@@ -120,18 +107,3 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
         fingerprint=fingerprint,
     )
     return ScalePlan(current.name, before, after, tuple(added), ())
-
-
-def _no_nodes(current: Plan, placement: Placement, skipped: list[Skip], fingerprint: str) -> Infeasible:
-    return Infeasible(
-        name=current.name,
-        code=InfeasibleCode.NO_NODES,
-        spec=placement,
-        rank=len(current.ranks),
-        placed=len(current.ranks),
-        need_devices=placement.world_size,
-        need_cpus=placement.cpus,
-        best=None,
-        skipped=tuple(skipped),
-        fingerprint=fingerprint,
-    )

@@ -1,0 +1,112 @@
+"""`dpctl status` and `dpctl logs`: what a deployment's ranks are doing, and what they wrote."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Optional
+
+import typer
+
+from dpctl_ray.cli import console, options
+from dpctl_ray.cli.render import STATUS_COLUMNS, status_rows, status_title, table
+from dpctl_ray.errors import BadInput
+from dpctl_ray.files import dump_yaml
+from dpctl_ray.launcher.cluster import connect
+from dpctl_ray.launcher.status import DeploymentStatus, status_document
+
+NameArg = Annotated[
+    Optional[str], typer.Argument(help="Deployment name (default: from the config, else demo).", metavar="NAME")
+]
+
+
+def status_command(
+    name: NameArg = None,
+    file: options.ConfigFile = None,
+    address: options.Address = None,
+    output: options.OutputOpt = options.Output.table,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Every rank of every deployment (or one): state, node, devices Ray granted, since when."""
+    config = options.resolve_config(file, address=address)
+    with connect(config.cluster, start_local=False) as cluster:
+        statuses = cluster.status(name)
+        if output is not options.Output.table:
+            print_document(status_document(statuses), output)
+        elif not statuses:
+            console.info("no deployments in this cluster; `dpctl up` launches one")
+        elif not watch:
+            show_statuses(statuses)
+        else:
+            _watch(lambda: cluster.status(name), interval)
+
+
+def logs_command(
+    name: NameArg = None,
+    rank: Annotated[
+        Optional[list[int]], typer.Option("--rank", "-r", help="Only this rank (repeatable).", metavar="R")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
+    tail: Annotated[
+        int, typer.Option("--tail", "-n", help="Lines to show from the end of each log.", metavar="N")
+    ] = 50,
+    file: options.ConfigFileLongOnly = None,
+    address: options.Address = None,
+) -> None:
+    """Each rank's log, read on its node; prefixed by rank when several are shown."""
+    if tail < 0:
+        raise BadInput(f"--tail: must be a number of lines >= 0, got {tail}")
+    config = options.resolve_config(file, address=address)
+    with connect(config.cluster, start_local=False) as cluster:
+        sources = cluster.log_sources(name or config.name, rank)
+        for source in sources:
+            if not source.alive:
+                console.warn(f"rank {source.rank}: its node is gone, so is its log ({source.path})")
+        prefix = len(sources) > 1
+
+        def show(texts: dict[int, str]) -> None:
+            for r in sorted(texts):
+                for line in texts[r].splitlines():
+                    console.write_stdout(f"[rank {r}] {line}\n" if prefix else f"{line}\n")
+
+        show(cluster.read_logs(sources, tail=tail))
+        if not follow:
+            return
+        try:
+            while True:
+                time.sleep(0.5)
+                show(cluster.read_logs(sources, tail=None))
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how following ends
+
+
+def print_document(doc: dict[str, Any], output: options.Output) -> None:
+    """A status (or other) document on stdout, as JSON or YAML."""
+    if output is options.Output.yaml:
+        console.write_stdout(dump_yaml(doc))
+    else:
+        console.print_json(doc)
+
+
+def show_statuses(statuses: list[DeploymentStatus]) -> None:
+    """One block per deployment: a header line and its ranks."""
+    now = time.time()
+    for s in statuses:
+        console.print_data(table(STATUS_COLUMNS, status_rows(s.ranks, now), title=status_title(s)))
+
+
+def _watch(gather: Any, interval: float) -> None:
+    from rich.console import Group  # noqa: PLC0415 - only a watch draws live
+    from rich.live import Live  # noqa: PLC0415
+
+    def render() -> Group:
+        now = time.time()
+        return Group(*(table(STATUS_COLUMNS, status_rows(s.ranks, now), title=status_title(s)) for s in gather()))
+
+    try:
+        with Live(render(), console=console.stdout_console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(max(interval, 0.2))
+                live.update(render(), refresh=True)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a watch ends

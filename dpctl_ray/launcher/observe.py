@@ -1,0 +1,53 @@
+"""Gathering a deployment's status from the cluster: its record, the nodes alive, and every engine's answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from dpctl_ray.launcher import nodes, objects, records
+from dpctl_ray.launcher.status import HEALTH_TIMEOUT, Answer, DeploymentStatus, rank_status
+
+
+def gather(name: str | None) -> list[DeploymentStatus]:
+    """Every deployment (or one), its ranks' health asked in parallel with one short deadline."""
+    wanted = [name] if name else deployment_names()
+    alive = nodes.alive()
+    found: list[tuple[records.Record | None, dict[int, Any]]] = []
+    for dep in wanted:
+        record = records.load(dep)
+        calls: dict[int, Any] = {}
+        for rank in record.ranks if record else []:
+            actor = objects.find_engine(dep, rank.rank)
+            if actor is not None:
+                calls[rank.rank] = actor.health.remote()
+        found.append((record, calls))
+    every = [ref for _, calls in found for ref in calls.values()]
+    done = set(ray.wait(every, num_returns=len(every), timeout=HEALTH_TIMEOUT)[0]) if every else set()
+    out = []
+    for dep, (record, calls) in zip(wanted, found, strict=True):
+        ranks = []
+        if record is not None:
+            for rank in record.ranks:
+                ref = calls.get(rank.rank)
+                ranks.append(rank_status(rank, record, alive, None if ref is None else _answer(ref, done)))
+        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep)))
+    return out
+
+
+def deployment_names() -> list[str]:
+    """Every deployment in the cluster: with a record, or with leftover objects only."""
+    return sorted(set(records.names()) | objects.deployments_with_objects())
+
+
+def _answer(ref: Any, done: set[Any]) -> Answer:
+    if ref not in done:
+        return Answer(late=True)
+    try:
+        return Answer(report=ray.get(ref))
+    except RayActorError:
+        return Answer(actor_died=True)
+    except Exception as exc:  # noqa: BLE001 - an engine's health error is a failed rank, not a failed status
+        return Answer(error=f"{type(exc).__name__}: {exc}")
