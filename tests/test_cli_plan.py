@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from dpctl_ray.planner.document import plan_from_document
@@ -137,27 +138,26 @@ def test_unknown_master_exits_3(cli: Invoke) -> None:
     assert_one_error_line(result.stderr, "placement.master: no node has the id or ip '10.9.9.9'")
 
 
-def test_flag_values_are_checked_with_the_flag_name(cli: Invoke) -> None:
-    """A wrong flag value exits 2 with one line naming the flag."""
-    result = cli("plan", "--inventory", INV, "--tp", "0")
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--tp", "0", "--tp: must be a positive integer, got 0"),
+        ("--tp", "eight", '--tp: must be a positive integer, got "eight"'),
+        ("--dp-local", "many", '--dp-local: must be auto or a positive integer, got "many"'),
+        ("--pack", "tight", '--pack: must be one of strict, fill, span, got "tight"'),
+        ("--cpus", "lots", '--cpus: must be a number above 0, got "lots"'),
+    ],
+    ids=["tp-zero", "tp-word", "dp-local-word", "pack", "cpus-word"],
+)
+def test_flag_values_are_checked_with_the_flag_name(cli: Invoke, flag: str, value: str, message: str) -> None:
+    """A wrong flag value exits 2 with one line naming the flag as typed."""
+    result = cli("plan", "--inventory", INV, flag, value)
     assert result.exit_code == 2, result.output
-    assert_one_error_line(result.stderr, "--tp: must be a positive integer, got 0")
-    result = cli("plan", "--inventory", INV, "--dp-local", "many")
-    assert result.exit_code == 2, result.output
-    assert_one_error_line(result.stderr, '--dp-local: must be auto or a positive integer, got "many"')
-    result = cli("plan", "--inventory", INV, "--pack", "tight")
-    assert result.exit_code == 2, result.output
-    assert_one_error_line(result.stderr, '--pack: must be one of strict, fill, span, got "tight"')
+    assert_one_error_line(result.stderr, message)
 
 
-def test_usage_errors_exit_2_with_one_line(cli: Invoke) -> None:
-    """Click's own usage errors (not an integer, unknown option) are one dpctl error line and exit 2."""
-    result = cli("plan", "--inventory", INV, "--tp", "eight")
-    assert result.exit_code == 2, result.output
-    assert_one_error_line(result.stderr, '--tp: must be a positive integer, got "eight"')
-    result = cli("plan", "--inventory", INV, "--cpus", "lots")
-    assert result.exit_code == 2, result.output
-    assert_one_error_line(result.stderr, '--cpus: must be a number above 0, got "lots"')
+def test_an_unknown_option_is_one_usage_error_line(cli: Invoke) -> None:
+    """Click's own usage errors are one dpctl error line, a hint to --help, and exit 2."""
     result = cli("plan", "--dpp", "3")
     assert result.exit_code == 2, result.output
     assert_one_error_line(result.stderr, "No such option: --dpp")

@@ -218,7 +218,11 @@ def test_keep_on_failure_keeps_the_launch_for_debugging(live: LocalState, tmp_pa
         assert "group dpctl/kept/pg-1" in " ".join(leftovers(live, "kept", wait=0))
         status = json.loads(dpctl("status", "kept", "-o", "json").stdout)["deployments"][0]
         assert status["state"] == "failed"
-        assert {r["rank"]: r["state"] for r in status["ranks"]}[1] in ("DEAD", "FAILED")
+        failed = status["ranks"][1]
+        assert (failed["state"], failed["detail"]) == (
+            "FAILED",
+            "demo engine: rank 1 failed to start (engine.fail_ranks lists it; a drill)",
+        )
     finally:
         down = dpctl("down", "kept")
     assert down.returncode == 0, down.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,31 +110,56 @@ def test_a_failing_new_rank_leaves_the_deployment_at_its_old_size(live: LocalSta
         dpctl("down", "resilient")
 
 
-def test_infeasible_dry_run_and_no_op_scales_change_nothing(live: LocalState, tmp_path: Path) -> None:
-    """Too big is exit 3, --dry-run prints the delta, the current size is 'nothing to do': none changes a thing."""
-    config = demo_config(tmp_path, "steady", dp=2, tp=2)
+@pytest.fixture(scope="module")
+def steady(ray_cluster: LocalState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, tuple[Any, ...]]]:
+    """A dp 2 deployment for the tests that must change nothing; yields its ranks' identities."""
+    config = demo_config(tmp_path_factory.mktemp("steady"), "steady", dp=2, tp=2)
     assert dpctl("up", "-f", config).returncode == 0
     try:
-        before = expect_ranks(live, "steady", 2)
-        too_big = dpctl("scale", "steady", "--dp", "40")
-        assert too_big.returncode == 3, too_big.stderr
-        assert "cannot place rank" in too_big.stderr
-        dry = dpctl("scale", "steady", "--dp", "4", "--dry-run", "-o", "json")
-        assert dry.returncode == 0, dry.stderr
-        delta = json.loads(dry.stdout)
-        assert (delta["from"], delta["to"], delta["removed"]) == (2, 4, [])
-        assert [r["rank"] for r in delta["added"]] == [2, 3]
-        shrink = json.loads(dpctl("scale", "steady", "--dp", "1", "--dry-run", "-o", "json").stdout)
-        assert shrink["removed"] == [1]
-        same = dpctl("scale", "steady", "--dp", "2")
-        assert same.returncode == 0
-        assert "steady already has 2 ranks: nothing to do" in same.stderr
-        assert expect_ranks(live, "steady", 2) == before
-        missing = dpctl("scale", "nowhere", "--dp", "2")
-        assert missing.returncode == 2
-        assert "no deployment named 'nowhere'" in missing.stderr
+        yield expect_ranks(ray_cluster, "steady", 2)
     finally:
         dpctl("down", "steady")
+
+
+def test_a_scale_that_does_not_fit_is_exit_3_and_changes_nothing(
+    ray_cluster: LocalState, steady: dict[int, tuple[Any, ...]]
+) -> None:
+    """Growing beyond the free devices is exit 3 with the causes; the running ranks are untouched."""
+    too_big = dpctl("scale", "steady", "--dp", "40")
+    assert too_big.returncode == 3, too_big.stderr
+    assert "cannot place rank" in too_big.stderr
+    assert expect_ranks(ray_cluster, "steady", 2) == steady
+
+
+def test_a_dry_run_prints_the_delta_and_changes_nothing(
+    ray_cluster: LocalState, steady: dict[int, tuple[Any, ...]]
+) -> None:
+    """--dry-run -o json lists the ranks a growth adds (and a shrink stops) without doing either."""
+    dry = dpctl("scale", "steady", "--dp", "4", "--dry-run", "-o", "json")
+    assert dry.returncode == 0, dry.stderr
+    delta = json.loads(dry.stdout)
+    assert (delta["from"], delta["to"], delta["removed"]) == (2, 4, [])
+    assert [r["rank"] for r in delta["added"]] == [2, 3]
+    shrink = json.loads(dpctl("scale", "steady", "--dp", "1", "--dry-run", "-o", "json").stdout)
+    assert shrink["removed"] == [1]
+    assert expect_ranks(ray_cluster, "steady", 2) == steady
+
+
+def test_scaling_to_the_current_size_is_nothing_to_do(
+    ray_cluster: LocalState, steady: dict[int, tuple[Any, ...]]
+) -> None:
+    """Scaling to the size a deployment has is exit 0 and says so."""
+    same = dpctl("scale", "steady", "--dp", "2")
+    assert same.returncode == 0
+    assert "steady already has 2 ranks: nothing to do" in same.stderr
+    assert expect_ranks(ray_cluster, "steady", 2) == steady
+
+
+def test_scaling_an_unknown_deployment_is_exit_2(ray_cluster: LocalState) -> None:
+    """A name with no deployment is bad input."""
+    missing = dpctl("scale", "nowhere", "--dp", "2")
+    assert missing.returncode == 2
+    assert "no deployment named 'nowhere'" in missing.stderr
 
 
 def test_concurrent_scales_one_wins(live: LocalState, tmp_path: Path) -> None:

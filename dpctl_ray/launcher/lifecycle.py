@@ -17,7 +17,7 @@ from dpctl_ray.errors import BadInput, Busy, DpctlError
 from dpctl_ray.launcher import objects, records
 from dpctl_ray.launcher.apply import Launch, bind_ip
 from dpctl_ray.launcher.nodes import snapshot
-from dpctl_ray.launcher.progress import LaunchResult, Observer
+from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase
 from dpctl_ray.launcher.records import DeploymentState, RankRecord, Record
 from dpctl_ray.planner import Node, Plan, PlanRequest, cluster_fingerprint, feasible, plan
 from dpctl_ray.planner import scale as scaling
@@ -177,6 +177,10 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
     except BaseException:
         if keep_on_failure:
             record.state = DeploymentState.FAILED
+            for rank in record.ranks:
+                progress = launch.progress[rank.rank]
+                if progress.phase is RankPhase.FAILED:
+                    rank.failed = progress.message or "failed to start"
             records.save(record)
         else:
             records.delete(plan.name)

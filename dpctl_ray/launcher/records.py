@@ -95,6 +95,7 @@ class RankRecord:
     granted: list[str] = field(default_factory=list)  # device ids Ray granted, bundle order
     device_ips: list[str] = field(default_factory=list)
     since: float = 0.0
+    failed: str = ""  # why its launch failed, kept with --keep-on-failure
 
     @classmethod
     def planned(cls, rank: RankPlacement, ip: str) -> RankRecord:

@@ -64,6 +64,8 @@ def rank_status(rank: RankRecord, record: Record, alive_nodes: set[str], answer:
     gone = [n for n in rank.nodes if n not in alive_nodes]
     if gone:
         status.state, status.detail = RankState.DEAD, f"node {gone[0][:12]} is gone"
+    elif rank.failed:
+        status.state, status.detail = RankState.FAILED, rank.failed
     elif answer is None:
         if record.state in (DeploymentState.RUNNING, DeploymentState.FAILED):
             logs = f"`dpctl logs {record.name} -r {rank.rank}`"

@@ -10,7 +10,6 @@ from typing import TypeVar
 
 from dpctl_ray.errors import BadInput, InfeasibleError
 from dpctl_ray.planner.model import (
-    GRANULARITY,
     PACKS,
     STRATEGY,
     Infeasible,
@@ -155,10 +154,8 @@ def check_spec(spec: Placement) -> None:
 
 def cluster_fingerprint(nodes: Iterable[Node], device: str) -> str:
     """A digest of what planning reads (ids, ips, head, free devices and CPUs); a changed cluster changes it."""
-    g = GRANULARITY  # units() inlined: this runs once per node of a 16k-node cluster
     rows = sorted(
-        f"{n.id}\t{n.ip}\t{n.head:d}\t{round(n.available.get(device, 0.0) * g)}\t"
-        f"{round(n.available.get('CPU', 0.0) * g)}"
+        f"{n.id}\t{n.ip}\t{n.head:d}\t{units(n.available.get(device, 0.0))}\t{units(n.available.get('CPU', 0.0))}"
         for n in nodes
     )
     return hashlib.sha256("\n".join([f"v1\t{device}", *rows]).encode()).hexdigest()[:16]
@@ -408,8 +405,7 @@ class Ledger:  # shared with the scale planner
     @classmethod
     def of(cls, nodes: Sequence[Node], spec: Placement) -> Ledger:
         """Free devices and CPUs of these nodes, and what one rank of `spec` takes."""
-        g = GRANULARITY
-        cpu = {n.id: round(n.available.get("CPU", 0.0) * g) for n in nodes}
+        cpu = {n.id: units(n.available.get("CPU", 0.0)) for n in nodes}
         if spec.device == "CPU":
             return cls(
                 spec.device,
@@ -422,7 +418,7 @@ class Ledger:  # shared with the scale planner
                 0,
             )
         device = spec.device
-        dev = {n.id: round(n.available.get(device, 0.0) * g) // g * g for n in nodes}  # whole devices
+        dev = {n.id: units(n.free_devices(device)) for n in nodes}  # whole devices
         return cls(
             device, spec.world_size, spec.cpus, spec.pack == "span", dev, cpu, units(spec.world_size), units(spec.cpus)
         )

@@ -1,0 +1,149 @@
+"""The launcher's pure logic, without a cluster: record round trips, differences, state mapping, names, ports."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dpctl_ray.engines.base import HostReport, RankState
+from dpctl_ray.engines.spec import CommandSpec, DemoSpec, ReadyCheck
+from dpctl_ray.launcher.records import (
+    DeploymentState,
+    Difference,
+    ObjectKind,
+    ObjectName,
+    RankRecord,
+    Record,
+    differences,
+    master_port,
+    object_name,
+)
+from dpctl_ray.launcher.status import Answer, rank_status
+from dpctl_ray.planner import Node, Placement, Plan, PlanRequest, plan
+
+NODES = tuple(Node(f"n{i}", f"10.0.0.{i + 1}", i == 0, {"GPU": 4, "CPU": 8}, {"GPU": 4, "CPU": 8}) for i in range(3))
+
+
+def record_of(placement: Placement, engine: DemoSpec | CommandSpec | None = None) -> Record:
+    result = plan(PlanRequest("dep", placement, NODES))
+    assert isinstance(result, Plan)
+    return Record(
+        name="dep",
+        state=DeploymentState.RUNNING,
+        request=placement,
+        spec=result.spec,
+        engine=engine or DemoSpec(),
+        token="t",
+        job="01000000",
+        created=1.0,
+        updated=2.0,
+        ranks=[RankRecord.planned(r, "10.0.0.1") for r in result.ranks],
+    )
+
+
+def report(**changes: object) -> HostReport:
+    base = HostReport(
+        state=RankState.READY,
+        detail="serving",
+        devices=("0", "1"),
+        device_ips=("10.0.0.1", "10.0.0.1"),
+        node="n0",
+        ip="10.0.0.1",
+        since=5.0,
+        dp=2,
+        pid=10,
+        worker_pids=(11, 12),
+        port=8000,
+        process_pid=None,
+        log_path="/tmp/x.log",
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_a_record_reads_back_as_it_was_written() -> None:
+    """The stored JSON of a record, typed request, spec and engine included, reads back equal."""
+    engine = CommandSpec(argv=("serve", "{port}"), env=(("A", "b"),), ready=ReadyCheck("tcp", "{node_ip}:{port}"))
+    record = record_of(Placement(dp=3, tp=2, pack="fill", nodes=("n0", "n1")), engine)
+    assert Record.from_json(record.to_json()) == record
+
+
+def test_the_plan_of_a_record_is_the_plan_it_was_made_from() -> None:
+    """A running deployment's record gives back its ranks and resolved spec, for the scale planner."""
+    placement = Placement(dp=3, tp=2)
+    made = plan(PlanRequest("dep", placement, NODES))
+    assert isinstance(made, Plan)
+    again = record_of(placement).plan()
+    assert again.ranks == made.ranks
+    assert again.spec == made.spec
+
+
+def test_differences_are_data_naming_section_and_key() -> None:
+    """A new request differs key by key; dp alone is what `up` may converge by scaling."""
+    record = record_of(Placement(dp=2, tp=2))
+    assert differences(record, Placement(dp=2, tp=2), DemoSpec()) == []
+    diff = differences(record, Placement(dp=3, tp=1), DemoSpec(init_seconds=0.5))
+    assert diff == [
+        Difference("placement", "dp", 2, 3),
+        Difference("placement", "tp", 2, 1),
+        Difference("engine", "init_seconds", 1.0, 0.5),
+    ]
+    assert str(diff[1]) == "placement.tp: 2 -> 1"
+
+
+@pytest.mark.parametrize(
+    ("alive", "answer", "state", "detail"),
+    [
+        ({"n1"}, Answer(report=report()), RankState.DEAD, "node n0 is gone"),
+        ({"n0"}, None, RankState.DEAD, "engine actor is gone; `dpctl logs dep -r 0`"),
+        ({"n0"}, Answer(actor_died=True), RankState.DEAD, "engine actor died"),
+        ({"n0"}, Answer(late=True), RankState.FAILED, "no answer to a health call in 2s"),
+        ({"n0"}, Answer(error="ValueError: boom"), RankState.FAILED, "health call raised ValueError: boom"),
+        ({"n0"}, Answer(report=report(state=RankState.FAILED, detail="exited")), RankState.FAILED, "exited"),
+        ({"n0"}, Answer(report=report()), RankState.READY, "serving"),
+    ],
+    ids=["node-gone", "no-actor", "actor-died", "late", "health-raised", "engine-failed", "ready"],
+)
+def test_each_fact_about_a_rank_maps_to_one_state(
+    alive: set[str], answer: Answer | None, state: RankState, detail: str
+) -> None:
+    """Node gone and actor gone are DEAD; an engine that fails or does not answer is FAILED; else its own state."""
+    record = record_of(Placement(dp=1, tp=2))
+    record.ranks[0].since = 5.0
+    status = rank_status(record.ranks[0], record, alive, answer)
+    assert (status.state, status.detail) == (state, detail)
+
+
+def test_a_rank_that_is_still_starting_is_not_failed_for_being_slow() -> None:
+    """No answer in time from a rank that was never ready means it is still loading."""
+    record = dataclasses.replace(record_of(Placement(dp=1, tp=2)), state=DeploymentState.LAUNCHING)
+    assert rank_status(record.ranks[0], record, {"n0"}, Answer(late=True)).state is RankState.STARTING
+    assert rank_status(record.ranks[0], record, {"n0"}, None).state is RankState.PENDING
+
+
+def test_a_kept_failed_launch_shows_why_each_rank_failed() -> None:
+    """A rank whose launch failed shows FAILED with the engine's message, however far its actor got."""
+    record = dataclasses.replace(record_of(Placement(dp=1, tp=2)), state=DeploymentState.FAILED)
+    record.ranks[0].failed = "demo engine: rank 0 failed"
+    for answer in (None, Answer(late=True), Answer(actor_died=True)):
+        status = rank_status(record.ranks[0], record, {"n0"}, answer)
+        assert (status.state, status.detail) == (RankState.FAILED, "demo engine: rank 0 failed")
+
+
+def test_the_master_port_is_configured_or_derived_from_the_name() -> None:
+    """{master_port} is engine.master_port when set, else the same port for a name wherever it is computed."""
+    assert master_port("dep", DemoSpec(master_port=13345)) == 13345
+    derived = master_port("dep", DemoSpec())
+    assert derived == master_port("dep", CommandSpec())
+    assert 20000 <= derived < 40000
+    assert derived != master_port("other", DemoSpec())
+
+
+def test_object_names_parse_back() -> None:
+    """A rank's object name gives back its deployment, kind and rank; other names under dpctl/ only the first."""
+    name = object_name("dep.v2", ObjectKind.ENGINE, 12)
+    assert name == "dpctl/dep.v2/engine-12"
+    assert ObjectName.parse(name) == ObjectName("dep.v2", ObjectKind.ENGINE, 12)
+    assert ObjectName.parse("dpctl/dep/pg-0") == ObjectName("dep", ObjectKind.GROUP, 0)
+    assert ObjectName.parse("dpctl/dep/supervisor") == ObjectName("dep", None, None)
+    assert ObjectName.parse("other/dep/pg-0") is None
