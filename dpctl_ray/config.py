@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,10 +12,12 @@ from dpctl_ray import values
 from dpctl_ray.engines.spec import DemoSpec, EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.files import load_document
-from dpctl_ray.planner.model import PACKS, Placement
+from dpctl_ray.planner.model import NAME_RULE, PACKS, Placement, valid_name
+from dpctl_ray.planner.place import MAX_CPUS, MAX_WORLD_SIZE
 
 DEFAULT_FILE = "dpctl.yaml"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_LOCAL_NODES = 64  # each simulated node is a few Ray processes on this machine
+MAX_LOCAL_DEVICES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +45,13 @@ def _dp_local(value: object, path: str) -> int | None:
 PLACEMENT_KEYS: tuple[PlacementKey, ...] = (
     PlacementKey("dp", "Data-parallel ranks.", "N", values.integer),
     PlacementKey("dp_local", "Ranks on the master node: a number or auto.", "N|auto", _dp_local),
-    PlacementKey("tp", "Tensor-parallel size.", "N", values.integer),
-    PlacementKey("pp", "Pipeline-parallel size.", "N", values.integer),
+    PlacementKey("tp", "Tensor-parallel size.", "N", lambda v, p: values.integer(v, p, maximum=MAX_WORLD_SIZE)),
+    PlacementKey("pp", "Pipeline-parallel size.", "N", lambda v, p: values.integer(v, p, maximum=MAX_WORLD_SIZE)),
     PlacementKey("pack", "strict, fill or span.", "MODE", lambda v, p: values.choice(v, p, PACKS)),
     PlacementKey("device", "Ray resource of one device (GPU).", "KEY", values.text),
     PlacementKey("master", "auto, a node id or an ip.", "NODE", values.text),
     PlacementKey("nodes", "Allowed node ids or ips (comma-separated or repeated).", "NODES", values.names, many=True),
-    PlacementKey("cpus", "CPUs of the control bundle (1).", "CPUS", values.number),
+    PlacementKey("cpus", "CPUs of the control bundle (1).", "CPUS", lambda v, p: values.number(v, p, maximum=MAX_CPUS)),
 )
 
 
@@ -89,6 +90,7 @@ class Config:
     engine: EngineSpec = field(default_factory=DemoSpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
     source: str | None = None
+    spelled: Mapping[str, str] = field(default_factory=dict)  # placement keys given as flags: name -> flag
 
 
 _KEYS: Mapping[str, tuple[str, ...]] = {
@@ -129,20 +131,27 @@ def config_from_document(doc: object, source: str | None = None) -> Config:
         cluster=ClusterConfig(
             address=values.text(cluster.get("address", base.cluster.address), "cluster.address"),
             local=LocalCluster(
-                nodes=values.integer(local.get("nodes", shape.nodes), "cluster.local.nodes", minimum=0),
+                nodes=values.integer(
+                    local.get("nodes", shape.nodes), "cluster.local.nodes", minimum=0, maximum=MAX_LOCAL_NODES
+                ),
                 gpus_per_node=values.integer(
-                    local.get("gpus_per_node", shape.gpus_per_node), "cluster.local.gpus_per_node", minimum=0
+                    local.get("gpus_per_node", shape.gpus_per_node),
+                    "cluster.local.gpus_per_node",
+                    minimum=0,
+                    maximum=MAX_LOCAL_DEVICES,
                 ),
                 cpus_per_node=values.integer(
-                    local.get("cpus_per_node", shape.cpus_per_node), "cluster.local.cpus_per_node"
+                    local.get("cpus_per_node", shape.cpus_per_node),
+                    "cluster.local.cpus_per_node",
+                    maximum=MAX_LOCAL_DEVICES,
                 ),
             ),
         ),
         placement=placement_overrides(base.placement, placement, prefix="placement."),
         engine=engine_from_document(root.get("engine", {})),
         timeouts=Timeouts(
-            placement=values.number(timeouts.get("placement", base.timeouts.placement), "timeouts.placement"),
-            ready=values.number(timeouts.get("ready", base.timeouts.ready), "timeouts.ready"),
+            placement=values.seconds(timeouts.get("placement", base.timeouts.placement), "timeouts.placement"),
+            ready=values.seconds(timeouts.get("ready", base.timeouts.ready), "timeouts.ready"),
         ),
         source=source,
     )
@@ -163,11 +172,9 @@ def placement_overrides(base: Placement, given: Mapping[str, Any], prefix: str) 
 
 
 def deployment_name(value: object, path: str) -> str:
-    """Deployment names become Ray actor and group names: letters, digits, `-`, `_`, `.`."""
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ConfigError(
-            f"{path}: must be 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit, got {value!r}"
-        )
+    """Deployment names become Ray actor and group names, and a directory on every node (NAME_RULE)."""
+    if not valid_name(value):
+        raise ConfigError(f"{path}: must be {NAME_RULE}, got {values.show(value)}")
     return value
 
 
@@ -176,10 +183,12 @@ def _section(value: object, path: str) -> Mapping[str, Any]:
         where = path or "config"
         raise ConfigError(f"{where}: must be a mapping, got {values.show(value)}")
     known = _KEYS[path]
-    for key in value:
+    for key, given in value.items():
+        full = f"{path}.{key}" if path else values.show(key)[1:-1] if isinstance(key, str) else values.show(key)
         if key not in known:
-            full = f"{path}.{key}" if path else str(key)
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
             raise ConfigError(f"{full}: unknown key", hint=hint)
+        if given is None:
+            raise ConfigError(f"{full}: is empty (null)", hint="give a value, or leave the key out for its default")
     return value

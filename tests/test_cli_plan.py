@@ -131,11 +131,11 @@ def test_infeasible_json_is_an_error_document(cli: Invoke) -> None:
     assert "cannot place rank 3 of 5" in error["message"]
 
 
-def test_unknown_master_exits_3(cli: Invoke) -> None:
-    """A master no node answers to is infeasible (exit 3) and names the value."""
+def test_unknown_master_is_bad_input_naming_the_flag(cli: Invoke) -> None:
+    """A master no node answers to is bad input (exit 2), naming the flag as typed and the value."""
     result = cli("plan", "--inventory", INV, "--master", "10.9.9.9")
-    assert result.exit_code == 3, result.output
-    assert_one_error_line(result.stderr, "placement.master: no node has the id or ip '10.9.9.9'")
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result.stderr, '--master: no node has the id or ip "10.9.9.9"')
 
 
 @pytest.mark.parametrize(
@@ -164,11 +164,15 @@ def test_an_unknown_option_is_one_usage_error_line(cli: Invoke) -> None:
     assert "hint: see 'dpctl plan --help'" in result.stderr
 
 
-def test_spec_errors_exit_2(cli: Invoke) -> None:
-    """dp_local above dp is bad input (exit 2), whatever the cluster."""
+def test_spec_errors_exit_2_naming_what_the_user_typed(cli: Invoke, write_yaml: Callable[[str, Any], str]) -> None:
+    """dp_local above dp is bad input (exit 2) whatever the cluster; each key is named as it was given."""
     result = cli("plan", "--inventory", INV, "--dp", "2", "--dp-local", "4")
     assert result.exit_code == 2, result.output
-    assert_one_error_line(result.stderr, "placement.dp_local: must be at most placement.dp (2), got 4")
+    assert_one_error_line(result.stderr, "--dp-local: must be at most --dp (2), got 4")
+    path = write_yaml("local.yaml", {"placement": {"dp_local": 4}})
+    result = cli("plan", "-f", path, "--inventory", INV, "--dp", "2")
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result.stderr, "placement.dp_local: must be at most --dp (2), got 4")
 
 
 def test_config_file_errors_name_the_key_path(cli: Invoke, write_yaml: Callable[[str, Any], str]) -> None:

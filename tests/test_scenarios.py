@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dpctl_ray.planner import Infeasible, Placement, Plan, PlanRequest, SpecError, plan
+from dpctl_ray.errors import BadInput
+from dpctl_ray.planner import Infeasible, Placement, Plan, PlanRequest, plan
 from dpctl_ray.planner.inventory import nodes_from_document
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.yaml"))
@@ -36,14 +37,14 @@ def test_scenario(path: Path) -> None:
     scenario = load(path)
     assert scenario.get("about"), f"{path.name} needs an 'about' sentence"
     expect = scenario["expect"]
-    request = request_of(scenario)
 
     if "error" in expect:
-        with pytest.raises(SpecError) as err:
-            plan(request)
+        with pytest.raises(BadInput) as err:
+            plan(request_of(scenario))
         assert expect["error"] in err.value.message
         return
 
+    request = request_of(scenario)
     result = plan(request)
     if "infeasible" in expect:
         assert isinstance(result, Infeasible), f"expected infeasible, got ranks {rank_lines(result)}"

@@ -14,8 +14,9 @@ from typer.exceptions import Abort, TyperException
 
 from dpctl_ray import __version__
 from dpctl_ray.cli import console
-from dpctl_ray.errors import DpctlError, ExitCode
+from dpctl_ray.errors import BadInput, DpctlError, ExitCode
 from dpctl_ray.planner.place import NoPlan
+from dpctl_ray.values import one_line
 
 
 class DpctlGroup(TyperGroup):
@@ -30,9 +31,11 @@ class DpctlGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
-        debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
-        debug = debug or os.environ.get("DPCTL_DEBUG", "") not in ("", "0")
+        options = argv[: argv.index("--")] if "--" in argv else argv
+        debug = "--debug" in options or os.environ.get("DPCTL_DEBUG", "") not in ("", "0")
         console.reset()
+        # Errors that stop a command before its -o option is read (usage errors) are documents too.
+        console.session.json_errors = _wants_document(self, options)
         code = run(
             lambda: super(DpctlGroup, self).main(
                 argv, prog_name or "dpctl", complete_var, standalone_mode=False, **extra
@@ -40,6 +43,29 @@ class DpctlGroup(TyperGroup):
             debug,
         )
         sys.exit(int(code))
+
+
+def _wants_document(group: TyperGroup, argv: list[str]) -> bool:
+    """Whether the command line asks a command that has -o for `-o json` or `-o yaml`."""
+    command: Any = group
+    for word in [a for a in argv if not a.startswith("-")][:2]:
+        subcommands = getattr(command, "commands", {})
+        if word not in subcommands:
+            break
+        command = subcommands[word]
+    if command is group or not any(p.name == "output" for p in command.params):
+        return False
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("-o", "--output") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--output="):
+            value = arg.partition("=")[2]
+        elif arg.startswith("-o") and len(arg) > 2:
+            value = arg[2:]
+        if value is not None and value.lower() in ("json", "yaml"):
+            return True
+    return False
 
 
 def run(command: Any, debug: bool) -> int:
@@ -51,6 +77,8 @@ def run(command: Any, debug: bool) -> int:
             from dpctl_ray.cli.explain import in_words  # noqa: PLC0415 - only when a plan does not fit
 
             exc = in_words(exc)
+        exc.message = one_line(exc.message)
+        exc.hint = one_line(exc.hint) if exc.hint else exc.hint
         if console.session.json_errors:
             console.print_json(exc.to_json())
         _error(exc.message, exc.hint)
@@ -60,7 +88,10 @@ def run(command: Any, debug: bool) -> int:
     except TyperException as exc:  # click usage errors (bad flag, missing argument, bad value)
         ctx = getattr(exc, "ctx", None)
         command_path = ctx.command_path if ctx is not None else "dpctl"
-        _error(exc.format_message(), f"see '{command_path} --help'")
+        usage = BadInput(one_line(exc.format_message()), hint=f"see '{command_path} --help'", code="usage")
+        if console.session.json_errors:
+            console.print_json(usage.to_json())
+        _error(usage.message, usage.hint)
         return int(getattr(exc, "exit_code", ExitCode.BAD_INPUT))
     except (KeyboardInterrupt, Abort):
         _error("interrupted", None)
@@ -72,10 +103,14 @@ def run(command: Any, debug: bool) -> int:
     except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug, reported as one
         if debug:
             _traceback()
-        _error(
-            f"unexpected {type(exc).__name__}: {exc}",
-            "this is a bug in dpctl; rerun with --debug for the traceback and report it",
+        bug = DpctlError(
+            one_line(f"unexpected {type(exc).__name__}: {exc}"),
+            hint="this is a bug in dpctl; rerun with --debug for the traceback and report it",
+            code="bug",
         )
+        if console.session.json_errors:
+            console.print_json(bug.to_json())
+        _error(bug.message, bug.hint)
         return ExitCode.ERROR
     return int(result) if isinstance(result, int) else ExitCode.OK
 

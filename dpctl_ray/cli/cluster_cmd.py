@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from dpctl_ray import values
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import Column, table
-from dpctl_ray.config import load_config
-from dpctl_ray.errors import BadInput
+from dpctl_ray.config import MAX_LOCAL_DEVICES, MAX_LOCAL_NODES, load_config
 
 if TYPE_CHECKING:
     from dpctl_ray.launcher.local import LocalState
@@ -34,28 +34,30 @@ NODE_COLUMNS = (
 
 @cluster_app.command("up")
 def cluster_up(
-    nodes: Annotated[Optional[int], typer.Option("--nodes", help="Worker nodes (cluster.local.nodes).")] = None,
-    gpus_per_node: Annotated[
-        Optional[int], typer.Option("--gpus-per-node", help="GPUs per worker, simulated when there are none.")
+    nodes: Annotated[
+        Optional[str], typer.Option("--nodes", help="Worker nodes (cluster.local.nodes).", metavar="N")
     ] = None,
-    cpus_per_node: Annotated[Optional[int], typer.Option("--cpus-per-node", help="CPUs per worker.")] = None,
+    gpus_per_node: Annotated[
+        Optional[str],
+        typer.Option("--gpus-per-node", help="GPUs per worker, simulated when there are none.", metavar="N"),
+    ] = None,
+    cpus_per_node: Annotated[
+        Optional[str], typer.Option("--cpus-per-node", help="CPUs per worker.", metavar="N")
+    ] = None,
     file: options.ConfigFile = None,
 ) -> None:
     """Start a head and N worker nodes, one at a time, each on its own loopback address."""
     shape = load_config(file).cluster.local
-    for flag, value, minimum in (
-        ("--nodes", nodes, 0),
-        ("--gpus-per-node", gpus_per_node, 0),
-        ("--cpus-per-node", cpus_per_node, 1),
-    ):
-        if value is not None and value < minimum:
-            raise BadInput(f"{flag}: must be at least {minimum}, got {value}")
-    shape = dataclasses.replace(
-        shape,
-        nodes=shape.nodes if nodes is None else nodes,
-        gpus_per_node=shape.gpus_per_node if gpus_per_node is None else gpus_per_node,
-        cpus_per_node=shape.cpus_per_node if cpus_per_node is None else cpus_per_node,
-    )
+    given = {
+        field: values.integer(value, flag, minimum=minimum, maximum=maximum)
+        for field, flag, value, minimum, maximum in (
+            ("nodes", "--nodes", nodes, 0, MAX_LOCAL_NODES),
+            ("gpus_per_node", "--gpus-per-node", gpus_per_node, 0, MAX_LOCAL_DEVICES),
+            ("cpus_per_node", "--cpus-per-node", cpus_per_node, 1, MAX_LOCAL_DEVICES),
+        )
+        if value is not None
+    }
+    shape = dataclasses.replace(shape, **given)
     from dpctl_ray.launcher import local  # noqa: PLC0415 - subprocess & co. only for cluster commands
 
     running = local.running_state()

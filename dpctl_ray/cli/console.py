@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from rich.console import Console, RenderableType
+    from rich.console import Console
+    from rich.text import Text
+
+
+class Renderable(Protocol):
+    """A table: text at a width, its title bold or not."""
+
+    def render(self, width: int | None = None, *, bold: bool = False) -> str:
+        """The table as text."""
 
 
 class _Session:
@@ -25,11 +34,22 @@ def reset() -> None:
     session.json_errors = False
 
 
+PIPED_WIDTH = 100  # piped output is read by people too: wide enough for a table, narrow enough to read
+
+
+def width(stream: IO[str]) -> int:
+    """How wide a table on `stream` may be: $COLUMNS, the terminal's width, or PIPED_WIDTH."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    if stream.isatty():
+        return shutil.get_terminal_size().columns
+    return PIPED_WIDTH
+
+
 def _width() -> int | None:
-    # Piped output is read by people too; Rich's 80-column default wraps our tables needlessly.
     if "COLUMNS" in os.environ:
         return None
-    return None if sys.stdout.isatty() else 100
+    return None if sys.stdout.isatty() else PIPED_WIDTH
 
 
 def stdout_console() -> Console:
@@ -46,9 +66,22 @@ def stderr_console() -> Console:
     return Console(file=sys.stderr, highlight=False, width=_width(), soft_wrap=False)
 
 
-def print_data(renderable: RenderableType) -> None:
+def print_data(item: Renderable | str) -> None:
     """A table (or text) on stdout."""
-    stdout_console().print(renderable)
+    _print(item, sys.stdout)
+
+
+def _print(item: Renderable | str, stream: IO[str]) -> None:
+    text = item if isinstance(item, str) else item.render(width(stream), bold=stream.isatty())
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def live_text(item: Renderable, stream: IO[str]) -> Text:
+    """A table for a Rich live display on `stream`."""
+    from rich.text import Text  # noqa: PLC0415 - only live displays use Rich
+
+    return Text.from_ansi(item.render(width(stream), bold=True), no_wrap=True, overflow="crop")
 
 
 def print_json(doc: Any) -> None:
@@ -75,6 +108,6 @@ def warn(message: str) -> None:
     sys.stderr.flush()
 
 
-def print_err(renderable: RenderableType) -> None:
+def print_err(item: Renderable | str) -> None:
     """A table on stderr (infeasible causes, progress)."""
-    stderr_console().print(renderable)
+    _print(item, sys.stderr)

@@ -12,7 +12,7 @@ from dpctl_ray.cli import console, options
 from dpctl_ray.cli.live import LiveView
 from dpctl_ray.cli.render import RANK_COLUMNS, delta_rows, delta_title, plural, table
 from dpctl_ray.cli.status_cmd import NameArg, print_document, show_statuses
-from dpctl_ray.config import Config, Timeouts
+from dpctl_ray.config import Config
 from dpctl_ray.engines.base import EngineError, RankState
 from dpctl_ray.engines.loader import load_engine_class
 from dpctl_ray.engines.spec import PythonSpec
@@ -21,6 +21,7 @@ from dpctl_ray.files import load_document
 from dpctl_ray.launcher.cluster import connect
 from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, status_document
 from dpctl_ray.planner.document import plan_from_document, plan_to_document
+from dpctl_ray.values import seconds
 
 if TYPE_CHECKING:
     from dpctl_ray.launcher.lifecycle import DownResult, ScaleResult, UpResult
@@ -47,11 +48,11 @@ def up_command(
         bool, typer.Option("--recreate", help="Replace a running deployment whose spec differs (not just dp).")
     ] = False,
     placement_timeout: Annotated[
-        Optional[float],
+        Optional[str],
         typer.Option("--placement-timeout", help="Seconds for placement (timeouts.placement).", metavar="S"),
     ] = None,
     ready_timeout: Annotated[
-        Optional[float],
+        Optional[str],
         typer.Option("--ready-timeout", help="Seconds for engines to be ready (timeouts.ready).", metavar="S"),
     ] = None,
     *,
@@ -65,7 +66,9 @@ def up_command(
             raise BadInput(f"--plan fixes the placement; drop {', '.join(given)}", hint="or plan again with them")
         planned = load_plan_file(plan_file)
     config = options.resolve_config(file, name=name, address=address, placement=placement)
-    config = _with_timeouts(config, placement_timeout, ready_timeout)
+    config = _with_timeouts(
+        config, placement=("--placement-timeout", placement_timeout), ready=("--ready-timeout", ready_timeout)
+    )
     check_engine(config)
     if planned is not None:
         if name is not None:
@@ -92,15 +95,10 @@ def check_engine(config: Config) -> None:
         ) from None
 
 
-def _with_timeouts(config: Config, placement: float | None, ready: float | None) -> Config:
-    for flag, value in (("--placement-timeout", placement), ("--ready-timeout", ready)):
-        if value is not None and not value > 0:
-            raise BadInput(f"{flag}: must be a number of seconds above 0, got {value:g}")
-    timeouts = Timeouts(
-        placement=placement if placement is not None else config.timeouts.placement,
-        ready=ready if ready is not None else config.timeouts.ready,
-    )
-    return dataclasses.replace(config, timeouts=timeouts)
+def _with_timeouts(config: Config, **flags: tuple[str, str | None]) -> Config:
+    """The config's timeouts with the flags given (by field: (flag as typed, value)) laid over them."""
+    given = {field: seconds(value, flag) for field, (flag, value) in flags.items() if value is not None}
+    return dataclasses.replace(config, timeouts=dataclasses.replace(config.timeouts, **given))
 
 
 def load_plan_file(path: str) -> Plan:
@@ -166,7 +164,7 @@ def scale_command(
     dp: Annotated[Optional[str], typer.Option("--dp", help="The new number of ranks.", metavar="N")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the ranks to add or stop; change nothing.")] = False,
     timeout: Annotated[
-        Optional[float],
+        Optional[str],
         typer.Option("--timeout", help="Seconds for new ranks to be ready (timeouts.ready).", metavar="S"),
     ] = None,
     file: options.ConfigFile = None,
@@ -177,7 +175,7 @@ def scale_command(
     if dp is None:
         raise BadInput("--dp: the new number of ranks is required", hint="e.g. dpctl scale demo --dp 4")
     config = options.resolve_config(file, address=address, placement={"dp": dp})
-    config = _with_timeouts(config, None, timeout)
+    config = _with_timeouts(config, ready=("--timeout", timeout))
     target = name or config.name
     with connect(config.cluster, start_local=False) as cluster:
         result = cluster.scale(target, config.placement.dp, config.timeouts, dry_run=dry_run, observer=LiveView(target))

@@ -96,16 +96,6 @@ def describe(result: Infeasible) -> tuple[str, str]:
                 f"no node {where}has {device}",
                 "check --device (Ray resource names are case-sensitive) and --nodes; `dpctl inventory` lists nodes",
             )
-        case InfeasibleCode.MASTER_UNKNOWN:
-            return (
-                f"placement.master: no node has the id or ip {result.detail!r}",
-                "`dpctl inventory` lists node ids and ips; or use --master auto",
-            )
-        case InfeasibleCode.MASTER_AMBIGUOUS:
-            return (
-                f"placement.master: several nodes share the ip {result.detail!r}",
-                "name the master by node id (`dpctl inventory` lists them)",
-            )
         case InfeasibleCode.MASTER_UNUSABLE:
             reason = reason_text(result.skipped[0], device) if result.skipped else "unusable"
             return (f"master {result.detail!r} cannot host ranks: {reason}", "choose another --master, or auto")

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from dpctl_ray.cli import console
-from dpctl_ray.cli.render import LAUNCH_COLUMNS, delta_title, devices_text, launch_rows, plan_title, table
+from dpctl_ray.cli.render import LAUNCH_COLUMNS, Table, delta_title, devices_text, launch_rows, plan_title, table
 from dpctl_ray.launcher.progress import RankPhase, RankProgress
 from dpctl_ray.planner.model import Plan
 from dpctl_ray.planner.scale import ScalePlan
@@ -86,7 +86,7 @@ class LiveView:
             self._live.stop()
             self._live = None
             if not ok:
-                console.print_err(self._render())
+                console.print_err(self._table())
 
     def _draw(self, *, force: bool) -> None:
         now = time.monotonic()
@@ -94,9 +94,12 @@ class LiveView:
             self._drawn = now
             self._live.update(self._render(), refresh=True)
 
-    def _render(self) -> Any:
+    def _table(self) -> Table:
         ranks = [self.ranks[r] for r in sorted(self.ranks)]
         ready = sum(1 for r in ranks if r.phase is RankPhase.READY)
         now = time.monotonic()
         title = f"{self.title}: {ready}/{len(ranks)} ready, {now - self.started:.1f}s"
         return table(LAUNCH_COLUMNS, launch_rows(ranks, now, self.started), title=title)
+
+    def _render(self) -> Any:
+        return console.live_text(self._table(), sys.stderr)

@@ -20,6 +20,7 @@ from dpctl_ray.config import (
     placement_overrides,
 )
 from dpctl_ray.errors import ConfigError
+from dpctl_ray.planner import check_spec
 
 PLACEMENT = "Placement (override the config file)"
 R = TypeVar("R")
@@ -99,9 +100,13 @@ def resolve_config(
     address: str | None = None,
     placement: Mapping[str, object] | None = None,
 ) -> Config:
-    """The config file (or defaults) with the flags that were given laid over it."""
+    """The config file (or defaults) with the flags that were given laid over it, checked as a whole.
+
+    Errors name each key as the user gave it: `--dp-local` for a flag, `placement.dp_local` from the file.
+    """
     config = load_config(file)
-    changes: dict[str, object] = {}
+    spelled = {key.name: key.flag for key in PLACEMENT_KEYS if (placement or {}).get(key.name) is not None}
+    changes: dict[str, object] = {"spelled": spelled}
     if placement:
         changes["placement"] = placement_overrides(config.placement, placement, prefix="--")
     if name is not None:
@@ -110,4 +115,6 @@ def resolve_config(
         if not address.strip():
             raise ConfigError("--address: must not be empty")
         changes["cluster"] = dataclasses.replace(config.cluster, address=address.strip())
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    config = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    check_spec(config.placement, spelled)
+    return config

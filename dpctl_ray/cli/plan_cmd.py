@@ -9,12 +9,20 @@ import typer
 
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.explain import SKIP_COLUMNS, skip_rows, worth_showing
-from dpctl_ray.cli.render import RANK_COLUMNS, node_columns, node_rows, plan_title, rank_rows, table
+from dpctl_ray.cli.render import (
+    RANK_COLUMNS,
+    node_columns,
+    node_rows,
+    plan_title,
+    rank_rows,
+    summarised_nodes,
+    table,
+)
 from dpctl_ray.config import Config
 from dpctl_ray.errors import BadInput
 from dpctl_ray.files import dump_yaml, load_document
 from dpctl_ray.planner import Node, Plan, PlanRequest, feasible, plan
-from dpctl_ray.planner.document import dumps, plan_json, plan_to_document
+from dpctl_ray.planner.document import dumps, plan_json, plan_yaml
 from dpctl_ray.planner.inventory import nodes_from_document, nodes_to_document
 
 TABLE_LIMIT = 32
@@ -47,8 +55,8 @@ def plan_command(
 ) -> None:
     """Show where every DP rank would go: node and devices per rank. Touches no GPU."""
     config = options.resolve_config(file, name=name, address=address, placement=placement)
-    snapshot = load_inventory(inventory) if inventory else live_nodes(config)
-    result = feasible(plan(PlanRequest(name=config.name, spec=config.placement, nodes=snapshot)))
+    snapshot = load_inventory(inventory) if inventory is not None else live_nodes(config)
+    result = feasible(plan(PlanRequest(config.name, config.placement, snapshot, config.spelled)))
     for warning in result.warnings:
         console.warn(warning)
     text = plan_json(result) if (output is options.Output.json or out) else None
@@ -58,18 +66,21 @@ def plan_command(
     if output is options.Output.json and text is not None:
         console.write_stdout(text)
     elif output is options.Output.yaml:
-        console.write_stdout(dump_yaml(plan_to_document(result)))
+        console.write_stdout(plan_yaml(result))
     else:
         show_plan(result, full=full)
 
 
 def show_plan(result: Plan, *, full: bool) -> None:
-    """The rank table and the per-node summary with its device map, on stdout."""
+    """The rank table and the per-node summary with its device map, on stdout; rows beyond the limit are counted."""
     limit = None if full else TABLE_LIMIT
-    console.print_data(table(RANK_COLUMNS, rank_rows(result), title=plan_title(result), limit=limit, what="ranks"))
-    console.print_data(
-        table(node_columns(result.spec.device), node_rows(result), title="nodes", limit=limit, what="nodes")
+    ranks = table(
+        RANK_COLUMNS, rank_rows(result, limit), title=plan_title(result), total=len(result.ranks), what="ranks"
     )
+    console.print_data(ranks)
+    listed = len(summarised_nodes(result))
+    nodes = table(node_columns(result.spec.device), node_rows(result, limit), title="nodes", total=listed, what="nodes")
+    console.print_data(nodes)
     passed_over = worth_showing(result.skipped, show_deviceless=False)
     if passed_over:
         console.print_data(table(SKIP_COLUMNS, skip_rows(passed_over, result.spec.device), title="nodes passed over"))

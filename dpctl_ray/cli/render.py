@@ -5,16 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from dpctl_ray.launcher.progress import RankPhase, RankProgress
 from dpctl_ray.launcher.status import DeploymentStatus, RankStatus
 from dpctl_ray.planner.inventory import number
 from dpctl_ray.planner.model import NodeUse, Plan
 from dpctl_ray.planner.scale import ScalePlan
-
-if TYPE_CHECKING:
-    from rich.console import RenderableType
+from dpctl_ray.values import printable
 
 _HEX_ID = re.compile(r"^[0-9a-f]{20,}$")
 FREE = "·"
@@ -64,13 +61,13 @@ def plan_title(plan: Plan) -> str:
     )
 
 
-def rank_rows(plan: Plan) -> list[tuple[str, ...]]:
-    """rank, local rank, node(s), ip(s), devices, strategy."""
+def rank_rows(plan: Plan, limit: int | None = None) -> list[tuple[str, ...]]:
+    """rank, local rank, node(s), ip(s), devices, strategy; the first `limit` ranks."""
     ips = {u.node.id: u.node.ip for u in plan.nodes}
     names = short_ids(u.node.id for u in plan.nodes)
     device = plan.spec.device
     rows: list[tuple[str, ...]] = []
-    for r in plan.ranks:
+    for r in plan.ranks[:limit]:
         devices = "+".join(map(str, r.devices)) + f" {device}"
         rows.append(
             (
@@ -95,49 +92,115 @@ RANK_COLUMNS = (
 )
 
 
+MAP_CELLS = 32  # devices a node's map shows one by one; beyond that it counts them
+
+
 def device_map(use: NodeUse, device: str) -> str:
-    """One cell per device: the rank that holds it, `x` in use by others, `·` free."""
-    total = max(use.node.total_devices(device), use.node.free_devices(device), len(use.device_ranks))
-    busy = total - use.node.free_devices(device)
+    """One cell per device: the rank that holds it, `x` in use by others, `·` free; counts beyond MAP_CELLS."""
+    free = use.node.free_devices(device)
+    total = max(use.node.total_devices(device), free, len(use.device_ranks))
+    busy = total - free
+    if total > MAP_CELLS:
+        held: dict[int, int] = {}
+        for rank in use.device_ranks:
+            held[rank] = held.get(rank, 0) + 1
+        parts = [f"{BUSY} {busy:,}"] if busy else []
+        shown = list(held.items())
+        parts += [f"{rank}:{count:,}" for rank, count in shown[:8]]
+        if len(shown) > 8:
+            parts.append(f"... {len(shown) - 8} more ranks")
+        parts.append(f"{FREE} {free - len(use.device_ranks):,}")
+        return "  ".join(parts)
     cells = [BUSY] * busy + [str(r) for r in use.device_ranks]
     cells += [FREE] * (total - len(cells))
     width = max((len(c) for c in cells), default=1)
     return " ".join(c.rjust(width) for c in cells)
 
 
-def node_rows(plan: Plan) -> list[tuple[str, ...]]:
-    """node, ip, role, devices planned/free, CPUs planned/free, device map; nodes without the device left out."""
+def summarised_nodes(plan: Plan) -> list[NodeUse]:
+    """The nodes the per-node summary lists: those with the device (a CPU-only head is left out)."""
+    device = plan.spec.device
+    return [u for u in plan.nodes if u.device_ranks or u.node.total_devices(device)]
+
+
+def node_rows(plan: Plan, limit: int | None = None) -> list[tuple[str, ...]]:
+    """node, ip, role, devices planned/free, CPUs planned/free, device map, for the first `limit` nodes listed.
+
+    When the device is CPU itself, one column counts both what the ranks' devices and their engines take.
+    """
     device = plan.spec.device
     names = short_ids(u.node.id for u in plan.nodes)
     rows: list[tuple[str, ...]] = []
-    for use in plan.nodes:
+    for use in summarised_nodes(plan)[:limit]:
         node = use.node
-        if node.total_devices(device) == 0 and not use.device_ranks:
-            continue
         role = ", ".join(role for role, on in (("master", node.id == plan.spec.master), ("head", node.head)) if on)
-        rows.append(
-            (
-                names[node.id],
-                node.ip,
-                role,
-                f"{len(use.device_ranks)}/{node.free_devices(device)}",
-                f"{number(use.planned_cpus)}/{number(node.available.get('CPU', 0.0))}",
-                device_map(use, device),
-            )
-        )
+        free_cpus = number(node.available.get("CPU", 0.0))
+        if device == "CPU":
+            counts: tuple[str, ...] = (f"{number(len(use.device_ranks) + use.planned_cpus)}/{free_cpus}",)
+        else:
+            counts = (f"{len(use.device_ranks)}/{node.free_devices(device)}", f"{number(use.planned_cpus)}/{free_cpus}")
+        rows.append((names[node.id], node.ip, role, *counts, device_map(use, device)))
     return rows
 
 
 def node_columns(device: str) -> tuple[Column, ...]:
     """Columns of the per-node summary."""
+    cpus = () if device == "CPU" else (Column("CPU plan/free", "right"),)
     return (
         Column("node"),
         Column("ip"),
         Column("role"),
         Column(f"{device} plan/free", "right"),
-        Column("CPU plan/free", "right"),
+        *cpus,
         Column("devices (rank; x busy, · free)", no_wrap=True),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """Rows under a header, with an optional title line and a note under them; rendered at a width."""
+
+    columns: Sequence[Column]
+    rows: Sequence[Sequence[str]]
+    title: str | None = None
+    note: str | None = None
+
+    def render(self, width: int | None = None, *, bold: bool = False) -> str:
+        """Plain text: columns three spaces apart, a rule under the header, every cell on one line.
+
+        Control characters in cells are escaped. When the table is wider than `width`, its widest wrapping
+        columns are cut (with an ellipsis) until it fits.
+        """
+        header = [c.header for c in self.columns]
+        cells = [[printable(cell) for cell in row] for row in self.rows]
+        widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
+        if width is not None:
+            _fit(widths, self.columns, width)
+        lines = [self._line(header, widths), "─" * (sum(widths) + 3 * (len(widths) - 1))]
+        lines += [self._line(row, widths) for row in cells]
+        if self.note:
+            lines.append(self.note)
+        if self.title is not None:
+            title = printable(self.title)
+            lines.insert(0, f"\x1b[1m{title}\x1b[0m" if bold else title)
+        return "\n".join(lines)
+
+    def _line(self, row: Sequence[str], widths: list[int]) -> str:
+        parts = []
+        for cell, w, column in zip(row, widths, self.columns, strict=True):
+            text = cell if len(cell) <= w else cell[: max(w - 1, 0)] + "…"
+            parts.append(text.rjust(w) if column.justify == "right" else text.ljust(w))
+        return "   ".join(parts).rstrip()
+
+
+def _fit(widths: list[int], columns: Sequence[Column], width: int) -> None:
+    """Narrow the widest columns that may be cut (not no_wrap ones) until the table fits `width`."""
+    while sum(widths) + 3 * (len(widths) - 1) > width:
+        cuttable = [i for i, c in enumerate(columns) if not c.no_wrap and widths[i] > 8]
+        if not cuttable:
+            return
+        widest = max(cuttable, key=lambda i: widths[i])
+        widths[widest] -= 1
 
 
 def table(
@@ -146,26 +209,16 @@ def table(
     *,
     title: str | None = None,
     limit: int | None = None,
+    total: int | None = None,
     what: str = "rows",
-) -> RenderableType:
-    """The one Rich table helper: plain cells (never markup), a title line, at most `limit` rows."""
-    from rich import box  # noqa: PLC0415 - JSON output never imports Rich
-    from rich.console import Group  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
-
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for c in columns:
-        t.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap)  # type: ignore[arg-type]
+) -> Table:
+    """The one table helper: at most `limit` rows, and a note counting the rest (`total` when rows were cut before)."""
+    count = len(rows) if total is None else total
     shown = rows if limit is None or len(rows) <= limit else rows[:limit]
-    for row in shown:
-        t.add_row(*(Text(cell) for cell in row))
-    if len(shown) < len(rows):
-        t.caption = f"... {len(rows) - len(shown)} more {what} (--full shows all; -o json gives the document)"
-        t.caption_justify = "left"
-    if title is None:
-        return t
-    return Group(Text(title, style="bold"), t)
+    note = None
+    if len(shown) < count:
+        note = f"... {count - len(shown)} more {what} (--full shows all; -o json gives the document)"
+    return Table(columns, shown, title, note)
 
 
 # --- launches and deployments ---------------------------------------------------------------------------

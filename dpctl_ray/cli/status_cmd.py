@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
 import typer
 
+from dpctl_ray import values
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import STATUS_COLUMNS, status_rows, status_title, table
-from dpctl_ray.errors import BadInput
 from dpctl_ray.files import dump_yaml
 from dpctl_ray.launcher.cluster import connect
 from dpctl_ray.launcher.status import DeploymentStatus, status_document
@@ -25,9 +27,12 @@ def status_command(
     address: options.Address = None,
     output: options.OutputOpt = options.Output.table,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
+    interval: Annotated[
+        str, typer.Option("--interval", help="Seconds between refreshes with --watch.", metavar="S")
+    ] = "2",
 ) -> None:
     """Every rank of every deployment (or one): state, node, devices Ray granted, since when."""
+    every = values.seconds(interval, "--interval")
     config = options.resolve_config(file, address=address)
     with connect(config.cluster, start_local=False) as cluster:
         statuses = cluster.status(name)
@@ -38,27 +43,27 @@ def status_command(
         elif not watch:
             show_statuses(statuses)
         else:
-            _watch(lambda: cluster.status(name), interval)
+            _watch(lambda: cluster.status(name), every)
 
 
 def logs_command(
     name: NameArg = None,
     rank: Annotated[
-        Optional[list[int]], typer.Option("--rank", "-r", help="Only this rank (repeatable).", metavar="R")
+        Optional[list[str]], typer.Option("--rank", "-r", help="Only this rank (repeatable).", metavar="R")
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
     tail: Annotated[
-        int, typer.Option("--tail", "-n", help="Lines to show from the end of each log.", metavar="N")
-    ] = 50,
+        str, typer.Option("--tail", "-n", help="Lines to show from the end of each log.", metavar="N")
+    ] = "50",
     file: options.ConfigFileLongOnly = None,
     address: options.Address = None,
 ) -> None:
     """Each rank's log, read on its node; prefixed by rank when several are shown."""
-    if tail < 0:
-        raise BadInput(f"--tail: must be a number of lines >= 0, got {tail}")
+    lines = values.integer(tail, "--tail", minimum=0)
+    ranks = [values.integer(r, "--rank", minimum=0) for r in rank] if rank else None
     config = options.resolve_config(file, address=address)
     with connect(config.cluster, start_local=False) as cluster:
-        sources = cluster.log_sources(name or config.name, rank)
+        sources = cluster.log_sources(name or config.name, ranks)
         for source in sources:
             if not source.alive:
                 console.warn(f"rank {source.rank}: its node is gone, so is its log ({source.path})")
@@ -69,7 +74,7 @@ def logs_command(
                 for line in texts[r].splitlines():
                     console.write_stdout(f"[rank {r}] {line}\n" if prefix else f"{line}\n")
 
-        show(cluster.read_logs(sources, tail=tail))
+        show(cluster.read_logs(sources, tail=lines))
         if not follow:
             return
         try:
@@ -95,13 +100,14 @@ def show_statuses(statuses: list[DeploymentStatus]) -> None:
         console.print_data(table(STATUS_COLUMNS, status_rows(s.ranks, now), title=status_title(s)))
 
 
-def _watch(gather: Any, interval: float) -> None:
+def _watch(gather: Callable[[], list[DeploymentStatus]], interval: float) -> None:
     from rich.console import Group  # noqa: PLC0415 - only a watch draws live
     from rich.live import Live  # noqa: PLC0415
 
     def render() -> Group:
         now = time.time()
-        return Group(*(table(STATUS_COLUMNS, status_rows(s.ranks, now), title=status_title(s)) for s in gather()))
+        tables = (table(STATUS_COLUMNS, status_rows(s.ranks, now), title=status_title(s)) for s in gather())
+        return Group(*(console.live_text(t, sys.stdout) for t in tables))
 
     try:
         with Live(render(), console=console.stdout_console(), auto_refresh=False) as live:

@@ -8,6 +8,7 @@ from typing import Any
 
 from dpctl_ray.engines.base import EngineContext
 from dpctl_ray.errors import ConfigError
+from dpctl_ray.values import printable, quoted
 
 PLACEHOLDERS = (
     "deployment",
@@ -47,14 +48,26 @@ def placeholder_values(ctx: EngineContext) -> dict[str, Any]:
 
 
 def check_template(text: str, path: str) -> None:
-    """A templated string may use only the known placeholders; an unknown one is named with the key path."""
+    """A templated string may use only the known placeholders, each plain `{name}`; anything else names the key.
+
+    Format specs and conversions (`{rank:05}`, `{rank!r}`) are refused: they fail only when a rank renders.
+    """
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        parts = list(string.Formatter().parse(text))
     except ValueError as exc:
-        raise ConfigError(f"{path}: bad template {text!r} ({exc})", hint="write a literal brace as {{ or }}") from None
-    for name in fields:
-        base = name.split(".")[0].split("[")[0]
-        if base not in PLACEHOLDERS:
-            close = difflib.get_close_matches(base, PLACEHOLDERS, n=1)
+        raise ConfigError(
+            f"{path}: bad template {quoted(text)} ({exc})", hint="write a literal brace as {{ or }}"
+        ) from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS:
+            close = difflib.get_close_matches(name, PLACEHOLDERS, n=1)
             hint = f"did you mean {{{close[0]}}}?" if close else f"placeholders: {', '.join(PLACEHOLDERS)}"
-            raise ConfigError(f"{path}: unknown placeholder {{{name}}} in {text!r}", hint=hint)
+            raise ConfigError(f"{path}: unknown placeholder {printable('{' + name + '}')} in {quoted(text)}", hint=hint)
+        if spec or conversion:
+            written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ConfigError(
+                f"{path}: placeholder {printable(written)} has a format spec or conversion; write {{{name}}}",
+                hint="a placeholder is replaced by its value as is",
+            )

@@ -121,6 +121,8 @@ def engine_from_document(raw: object, path: str = "engine") -> EngineSpec:
     own = set(COMMON_KEYS) | set(kind_keys(spec))
     for key in raw:
         if key in own:
+            if raw[key] is None:
+                raise ConfigError(f"{path}.{key}: is empty (null)", hint="give a value, or leave the key out")
             continue
         owner = next((k for k, s in KINDS.items() if key in kind_keys(s)), None)
         if owner is not None:
@@ -147,7 +149,11 @@ def engine_from_document(raw: object, path: str = "engine") -> EngineSpec:
 
 
 def _argv(raw: object, path: str) -> tuple[str, ...]:
-    if not isinstance(raw, list) or not raw or not all(isinstance(a, (str, int, float)) for a in raw):
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in raw)
+    ):
         raise ConfigError(
             f"{path}: must be a non-empty list of strings, got {values.show(raw)}",
             hint="a list, never a shell string: [vllm, serve, MODEL, --port, '{port}']",
@@ -192,6 +198,8 @@ def _env(raw: object, path: str) -> tuple[tuple[str, str], ...]:
     out = []
     for key, value in raw.items():
         values.env_name(key, path)
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}.{key}: must be a string, got {values.show(value)}")
         rendered = str(value)
         check_template(rendered, f"{path}.{key}")
         out.append((str(key), rendered))
@@ -201,17 +209,17 @@ def _env(raw: object, path: str) -> tuple[tuple[str, str], ...]:
 # One check per config key of any kind: (value, key path) -> the field's value.
 _CHECKS: Mapping[str, Callable[[Any, str], Any]] = {
     "log_dir": values.text,
-    "base_port": lambda v, p: values.integer(v, p, minimum=0),
-    "master_port": lambda v, p: values.integer(v, p, minimum=0),
-    "init_seconds": lambda v, p: values.number(v, p, zero_ok=True),
+    "base_port": values.port,
+    "master_port": values.port,
+    "init_seconds": lambda v, p: values.seconds(v, p, zero_ok=True),
     "fail_ranks": values.ranks,
     "argv": _argv,
     "env": _env,
     "ready": _ready,
-    "progress": lambda v, p: values.regex(v, p) if v else "",
-    "visible_devices_env": values.env_name,
-    "stop_grace": lambda v, p: values.number(v, p, zero_ok=True),
-    "cwd": values.string,
+    "progress": lambda v, p: values.regex(v, p) if v != "" else "",
+    "visible_devices_env": lambda v, p: "" if v == "" else values.env_name(v, p),
+    "stop_grace": lambda v, p: values.seconds(v, p, zero_ok=True),
+    "cwd": lambda v, p: "" if v == "" else values.text(v, p),
     "class": _python_class,
     "args": _args,
 }

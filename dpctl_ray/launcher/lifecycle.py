@@ -22,6 +22,7 @@ from dpctl_ray.launcher.records import DeploymentState, RankRecord, Record
 from dpctl_ray.planner import Node, Plan, PlanRequest, cluster_fingerprint, feasible, plan
 from dpctl_ray.planner import scale as scaling
 from dpctl_ray.planner.scale import ScalePlan
+from dpctl_ray.planner.verify import check_fits
 
 STOP_TIMEOUT = 10.0  # beyond the engine's own stop grace
 SET_DP_TIMEOUT = 10.0
@@ -101,9 +102,10 @@ def up(config: Config, *, planned: Plan | None, observer: Observer, keep_on_fail
         nodes = snapshot()
         if planned is not None:
             _check_fresh(planned, nodes)
+            check_fits(planned, nodes)  # a plan file's fingerprint says the cluster is unchanged, not the plan
             chosen = planned
         else:
-            chosen = feasible(plan(PlanRequest(config.name, config.placement, nodes)))
+            chosen = feasible(plan(PlanRequest(config.name, config.placement, nodes, config.spelled)))
         for warning in chosen.warnings:
             observer.warn(warning)
         observer.planned(chosen)

@@ -22,7 +22,8 @@ from typing import Any
 from dpctl_ray.engines.spec import EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput, Busy
 from dpctl_ray.planner.document import spec_from_document, spec_to_document
-from dpctl_ray.planner.model import STRATEGY, Placement, Plan, RankPlacement, ResolvedSpec
+from dpctl_ray.planner.model import STRATEGY, Placement, Plan, RankPlacement, ResolvedSpec, valid_name
+from dpctl_ray.values import show
 
 NAMESPACE = "dpctl"
 _RECORD = "deployments/"
@@ -138,8 +139,10 @@ class Record:
 
     @classmethod
     def from_json(cls, data: bytes) -> Record:
-        """Read a stored record."""
+        """Read a stored record; one whose name breaks the name rule (written by hand) is refused."""
         raw = json.loads(data)
+        if not valid_name(raw.get("name")):
+            raise BadInput(f"a deployment record has an invalid name, {show(raw.get('name'))}", code="bad_record")
         request = raw["request"]
         return cls(
             name=raw["name"],
@@ -264,9 +267,9 @@ def delete(name: str) -> bool:
 
 
 def names() -> list[str]:
-    """Every deployment with a record, sorted."""
-    keys = _kv().keys(_RECORD)
-    return sorted(k.decode()[len(_RECORD) :] for k in keys)
+    """Every deployment with a record, sorted (keys that are not valid names are not deployments of dpctl's)."""
+    keys = (k.decode(errors="replace")[len(_RECORD) :] for k in _kv().keys(_RECORD))
+    return sorted(name for name in keys if valid_name(name))
 
 
 def current_job() -> str:

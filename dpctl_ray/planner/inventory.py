@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import math
+import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from dpctl_ray.errors import BadInput
 from dpctl_ray.planner.model import Node
+from dpctl_ray.values import quoted, show
 
 _NODE_KEYS = ("id", "ip", "head", "resources", "available", "labels")
 _NODE_KEY_SET = frozenset(_NODE_KEYS)
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
+_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
+MAX_AMOUNT = 1e15  # of any resource on one node (memory is counted in bytes)
 
 
 class InventoryError(BadInput):
@@ -31,12 +37,14 @@ def nodes_from_document(doc: object) -> tuple[Node, ...]:
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list):
         raise InventoryError(f"nodes: must be a list of nodes, got {_kind(raw_nodes)}")
+    if not raw_nodes:
+        raise InventoryError("nodes: lists no node", hint="an inventory lists the cluster's nodes under `nodes:`")
     nodes = tuple(_node(raw, i) for i, raw in enumerate(raw_nodes))
     seen: dict[str, int] = {}
     for i, node in enumerate(nodes):
         if node.id in seen:
             raise InventoryError(
-                f"nodes[{i}].id: {node.id!r} is also the id of nodes[{seen[node.id]}]",
+                f"nodes[{i}].id: {quoted(node.id)} is also the id of nodes[{seen[node.id]}]",
                 hint="node ids must be unique; give nodes that share an ip an explicit id",
             )
         seen[node.id] = i
@@ -71,16 +79,18 @@ def _node(raw: object, i: int) -> Node:
         raise InventoryError(f"nodes[{i}]: must be a mapping, got {_kind(raw)}")
     for key in raw:
         if key not in _NODE_KEY_SET:
-            raise InventoryError(f"nodes[{i}].{key}: unknown key", hint=f"node keys are {', '.join(_NODE_KEYS)}")
+            raise InventoryError(
+                f"nodes[{i}].{show(key)[1:-1]}: unknown key", hint=f"node keys are {', '.join(_NODE_KEYS)}"
+            )
     ip = raw.get("ip")
-    if type(ip) is not str or not ip:
-        raise InventoryError(f"nodes[{i}].ip: must be a non-empty string, got {ip!r}")
+    if type(ip) is not str or not valid_ip(ip):
+        raise InventoryError(f"nodes[{i}].ip: must be an IPv4 or IPv6 address, got {show(ip)}")
     node_id = raw.get("id", ip)
-    if type(node_id) is not str or not node_id:
-        raise InventoryError(f"nodes[{i}].id: must be a non-empty string, got {node_id!r}")
+    if type(node_id) is not str or not _printable(node_id):
+        raise InventoryError(f"nodes[{i}].id: must be 1-256 printable characters, got {show(node_id)}")
     head = raw.get("head", False)
     if type(head) is not bool:
-        raise InventoryError(f"nodes[{i}].head: must be true or false, got {head!r}")
+        raise InventoryError(f"nodes[{i}].head: must be true or false, got {show(head)}")
     resources = _amounts(raw.get("resources"), i, "resources")
     given = raw.get("available")
     if given is not None or "available" in raw:
@@ -98,11 +108,15 @@ def _node(raw: object, i: int) -> Node:
         available = {**resources, **free}
     else:
         available = resources
-    labels = raw.get("labels")
-    if labels is None or (isinstance(labels, Mapping) and not labels):
+    labels = raw.get("labels", _NO_LABELS)
+    if not labels and isinstance(labels, Mapping):
         labels = _NO_LABELS
-    elif not isinstance(labels, Mapping) or not all(type(k) is str and type(v) is str for k, v in labels.items()):
-        raise InventoryError(f"nodes[{i}].labels: must map strings to strings, got {labels!r}")
+    elif not isinstance(labels, Mapping) or not all(
+        type(k) is str and _printable(k) and type(v) is str and (not v or _printable(v)) for k, v in labels.items()
+    ):
+        raise InventoryError(
+            f"nodes[{i}].labels: must map label names to values (printable strings), got {_kind(labels)}"
+        )
     else:
         labels = dict(labels)
     return Node(node_id, ip, head, resources, available, labels)
@@ -113,13 +127,34 @@ def _amounts(raw: object, i: int, field: str) -> dict[str, float]:
         raise InventoryError(f"nodes[{i}].{field}: must map resource names to amounts, got {_kind(raw)}")
     out: dict[str, float] = {}
     for key, value in raw.items():
-        if type(key) is not str or not key:
-            raise InventoryError(f"nodes[{i}].{field}: resource names must be strings, got {key!r}")
-        # type() rather than isinstance(): True is not an amount; the range check also rejects NaN.
-        if type(value) not in (int, float) or not 0 <= value < math.inf:
-            raise InventoryError(f"nodes[{i}].{field}.{key}: must be a number >= 0, got {value!r}")
+        if type(key) is not str or not _printable(key):
+            raise InventoryError(f"nodes[{i}].{field}: resource names must be printable strings, got {show(key)}")
+        # type() rather than isinstance(): True is not an amount; the range check also rejects NaN and infinity,
+        # and runs before an integer becomes a float.
+        if type(value) not in (int, float) or not value >= 0:
+            raise InventoryError(f"nodes[{i}].{field}.{key}: must be a number >= 0, got {show(value)}")
+        if not value <= MAX_AMOUNT:  # infinity too; checked before an integer becomes a float
+            raise InventoryError(f"nodes[{i}].{field}.{key}: must be at most {MAX_AMOUNT:g}, got {show(value)}")
         out[key] = float(value)
     return out
+
+
+def valid_ip(text: str) -> bool:
+    """Whether `text` is an IPv4 or IPv6 address literal."""
+    if _IPV4.fullmatch(text):
+        return True
+    if ":" not in text:
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _printable(text: str) -> bool:
+    # Ids and names go into tables, messages and Ray object names: one line, nothing invisible, bounded.
+    return 0 < len(text) <= 256 and text.isprintable()
 
 
 def _kind(value: object) -> str:
@@ -130,5 +165,5 @@ def _kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"the string {value!r}"
+        return f"the string {show(value)}"
     return type(value).__name__

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Literal
+from typing import Literal, TypeGuard
 
 Pack = Literal["strict", "fill", "span"]
 PACKS: tuple[Pack, ...] = ("strict", "fill", "span")
 
 # Ray placement strategy per pack mode: one rank per node, or a rank over several nodes.
 STRATEGY: Mapping[str, str] = {"strict": "STRICT_PACK", "fill": "STRICT_PACK", "span": "PACK"}
+
+# Deployment names become Ray object names and a directory on every node: no path separators, no dot first.
+NAME_RULE = "1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def valid_name(value: object) -> TypeGuard[str]:
+    """Whether `value` is a deployment name (NAME_RULE)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
 
 # Resource amounts are compared in Ray's own granularity (1/10000 of a unit), so 0.1 + 0.2 fits in 0.3.
 GRANULARITY = 10_000
@@ -64,11 +75,16 @@ class Placement:
 
 @dataclass(frozen=True, slots=True)
 class PlanRequest:
-    """Everything `plan()` reads: the deployment name, the spec and a snapshot of the nodes."""
+    """Everything `plan()` reads: the deployment name, the spec and a snapshot of the nodes.
+
+    `spelled` says how the user gave placement keys, for messages: {"dp_local": "--dp-local"} for a flag;
+    a key not in it is `placement.KEY`.
+    """
 
     name: str
     spec: Placement
     nodes: tuple[Node, ...]
+    spelled: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +194,6 @@ class InfeasibleCode(str, Enum):
     """Why no plan exists."""
 
     NO_NODES = "no_nodes"  # the inventory (or allow-list) leaves no node with the device
-    MASTER_UNKNOWN = "master_unknown"  # no node has that id or ip
-    MASTER_AMBIGUOUS = "master_ambiguous"  # an ip shared by several nodes
     MASTER_UNUSABLE = "master_unusable"  # the master is skipped (allow-list, no device)
     MASTER_CANNOT_FIT = "master_cannot_fit"  # fewer than dp_local ranks fit on the master
     SPAN_TOO_SMALL = "span_too_small"  # world_size fits on one node: span is the wrong mode

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -26,6 +25,7 @@ from dpctl_ray.planner.model import (
     SkipReason,
     units,
 )
+from dpctl_ray.values import printable, quoted, show
 
 
 class SpecError(BadInput):
@@ -53,11 +53,17 @@ def feasible(result: T | Infeasible) -> T:
 
 
 def plan(request: PlanRequest) -> Plan | Infeasible:
-    """Place ranks 0..dp-1; the same request always gives the same plan, whatever the node order."""
+    """Place ranks 0..dp-1; the same request always gives the same plan, whatever the node order.
+
+    Input that no cluster state could make right (an unknown master, an allow-list that matches no node, no
+    nodes at all) raises SpecError; a plan the cluster cannot hold is an Infeasible result.
+    """
     spec = request.spec
-    check_spec(spec)
+    check_spec(spec, request.spelled)
+    if not request.nodes:
+        raise SpecError("inventory: lists no node", hint="an inventory lists the cluster's nodes under `nodes:`")
     ordered = sorted(request.nodes, key=node_order_key)
-    candidates, skipped, warnings = filter_nodes(ordered, spec)
+    candidates, skipped, warnings = filter_nodes(ordered, spec, request.spelled)
     run = Planning(request, Ledger.of(candidates, spec), skipped, cluster_fingerprint(request.nodes, spec.device))
     master = _choose_master(run, candidates)
     if isinstance(master, Infeasible):
@@ -118,38 +124,59 @@ class Planning:
         )
 
 
-def check_spec(spec: Placement) -> None:
-    """Reject values that are wrong whatever the cluster; each error names its key."""
+MAX_RANKS = 1_000_000  # dp, dp_local
+MAX_WORLD_SIZE = 65_536  # tp, pp and tp x pp: devices of one rank
+MAX_DEVICES = 4_194_304  # dp x tp x pp: devices of one deployment
+MAX_CPUS = 1_000_000.0
 
-    def positive(key: str, value: object) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise SpecError(f"placement.{key}: must be a positive integer, got {value!r}")
 
-    positive("dp", spec.dp)
-    positive("tp", spec.tp)
-    positive("pp", spec.pp)
+def check_spec(spec: Placement, spelled: Mapping[str, str] | None = None) -> None:
+    """Reject values that are wrong whatever the cluster; each error names its key as the user wrote it.
+
+    `spelled` maps a key to how the user gave it (`--dp-local` for a flag); the default is `placement.KEY`.
+    """
+
+    def key(name: str) -> str:
+        return (spelled or {}).get(name, f"placement.{name}")
+
+    def count(name: str, value: object, maximum: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+            raise SpecError(f"{key(name)}: must be a positive integer of at most {maximum:,}, got {show(value)}")
+
+    count("dp", spec.dp, MAX_RANKS)
+    count("tp", spec.tp, MAX_WORLD_SIZE)
+    count("pp", spec.pp, MAX_WORLD_SIZE)
+    if spec.world_size > MAX_WORLD_SIZE:
+        raise SpecError(
+            f"{key('tp')} x {key('pp')}: a rank of {spec.world_size:,} devices; dpctl plans at most "
+            f"{MAX_WORLD_SIZE:,} per rank"
+        )
+    if spec.dp * spec.world_size > MAX_DEVICES:
+        raise SpecError(
+            f"{key('dp')} x {key('tp')} x {key('pp')}: {spec.dp * spec.world_size:,} devices; dpctl plans at most "
+            f"{MAX_DEVICES:,} in one deployment"
+        )
     if spec.dp_local is not None:
-        positive("dp_local", spec.dp_local)
+        count("dp_local", spec.dp_local, MAX_RANKS)
         if spec.dp_local > spec.dp:
             raise SpecError(
-                f"placement.dp_local: must be at most placement.dp ({spec.dp}), got {spec.dp_local}",
+                f"{key('dp_local')}: must be at most {key('dp')} ({spec.dp}), got {spec.dp_local}",
                 hint="lower --dp-local, raise --dp, or use dp_local: auto",
             )
     if spec.pack not in PACKS:
-        raise SpecError(
-            f"placement.pack: must be one of {', '.join(PACKS)}, got {spec.pack!r}",
-        )
+        raise SpecError(f"{key('pack')}: must be one of {', '.join(PACKS)}, got {show(spec.pack)}")
     if spec.pack == "span" and spec.dp_local not in (None, 1):
         raise SpecError(
-            f"placement.dp_local: must be 1 (or auto) with pack span, got {spec.dp_local}",
+            f"{key('dp_local')}: must be 1 (or auto) with pack span, got {spec.dp_local}",
             hint="a span rank takes whole nodes, so each node hosts part of one rank",
         )
-    if not spec.device:
-        raise SpecError("placement.device: must name a Ray resource, got ''")
-    if not isinstance(spec.cpus, (int, float)) or not math.isfinite(spec.cpus) or units(spec.cpus) <= 0:
-        raise SpecError(f"placement.cpus: must be a number above 0, got {spec.cpus!r}")
-    if not spec.master:
-        raise SpecError("placement.master: must be auto, a node id or an ip, got ''")
+    if not isinstance(spec.device, str) or not spec.device or printable(spec.device) != spec.device:
+        raise SpecError(f"{key('device')}: must name a Ray resource, got {show(spec.device)}")
+    cpus = spec.cpus
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus <= MAX_CPUS or units(cpus) <= 0:
+        raise SpecError(f"{key('cpus')}: must be a number above 0 and at most {MAX_CPUS:g}, got {show(cpus)}")
+    if not isinstance(spec.master, str) or not spec.master:
+        raise SpecError(f"{key('master')}: must be auto, a node id or an ip, got {show(spec.master)}")
 
 
 def cluster_fingerprint(nodes: Iterable[Node], device: str) -> str:
@@ -183,7 +210,9 @@ def node_order_key(node: Node) -> tuple[int, tuple[int, ...], str, str]:
 # --- steps -----------------------------------------------------------------------------------------
 
 
-def filter_nodes(ordered: Sequence[Node], spec: Placement) -> tuple[list[Node], list[Skip], list[str]]:
+def filter_nodes(
+    ordered: Sequence[Node], spec: Placement, spelled: Mapping[str, str] | None = None
+) -> tuple[list[Node], list[Skip], list[str]]:
     """Step 1: keep nodes in the allow-list that have the device at all; say why the others are out."""
     allowed = set(spec.nodes)
     seen: set[str] = set()
@@ -200,7 +229,10 @@ def filter_nodes(ordered: Sequence[Node], spec: Placement) -> tuple[list[Node], 
             skipped.append(_skip(node, SkipReason.NO_DEVICE, spec))
             continue
         candidates.append(node)
-    warnings = [f"placement.nodes: {entry!r} matches no node id or ip" for entry in spec.nodes if entry not in seen]
+    key = (spelled or {}).get("nodes", "placement.nodes")
+    if allowed and not seen:
+        raise SpecError(f"{key}: matches no node id or ip", hint="`dpctl inventory` lists node ids and ips")
+    warnings = [f"{key}: {quoted(entry)} matches no node id or ip" for entry in spec.nodes if entry not in seen]
     return candidates, skipped, warnings
 
 
@@ -217,9 +249,17 @@ def _choose_master(run: Planning, candidates: list[Node]) -> Node | Infeasible:
         return min(candidates, key=lambda n: (not ledger.hosts_one(n), -n.free_devices(spec.device), n.id))
     by_id = [n for n in run.request.nodes if n.id == spec.master]
     named = by_id or [n for n in run.request.nodes if n.ip == spec.master]
-    if len(named) != 1:
-        code = InfeasibleCode.MASTER_AMBIGUOUS if named else InfeasibleCode.MASTER_UNKNOWN
-        return run.infeasible(code, ledger.best_offer(candidates), detail=spec.master)
+    key = (run.request.spelled or {}).get("master", "placement.master")
+    if not named:
+        raise SpecError(
+            f"{key}: no node has the id or ip {show(spec.master)}",
+            hint="`dpctl inventory` lists node ids and ips; or use --master auto",
+        )
+    if len(named) > 1:
+        raise SpecError(
+            f"{key}: several nodes share the ip {show(spec.master)}",
+            hint="name the master by node id (`dpctl inventory` lists them)",
+        )
     master = named[0]
     if master not in candidates:
         reason = next(s for s in run.skipped if s.node == master.id)

@@ -1,0 +1,104 @@
+"""Checking a plan read from a file before anything is created: is it a plan dpctl could make, and does it fit now.
+
+A plan file is a document anyone can edit. `check_plan` holds it to the rules a plan obeys (ranks in order,
+bundles as its strategy places them, local ranks and dp_local as the pack mode counts them); `check_fits`
+holds it to the cluster as it is now (every node present and able to hold what the plan puts on it). Each
+raises PlanFileError naming the first violation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+from dpctl_ray.errors import BadInput
+from dpctl_ray.planner.model import STRATEGY, Node, Plan, units
+
+
+class PlanFileError(BadInput):
+    """A plan file that is not a plan dpctl would make, or no longer fits the cluster."""
+
+    default_code = "bad_plan_file"
+
+
+def check_plan(plan: Plan) -> None:
+    """The plan obeys the rules of its spec (ranks, strategies, nodes, local ranks, dp_local)."""
+    spec = plan.spec
+    known = {u.node.id for u in plan.nodes}
+    if spec.master not in known:
+        raise PlanFileError(f"spec.master: {spec.master!r} is not one of the plan's nodes")
+    if [r.rank for r in plan.ranks] != list(range(spec.dp)):
+        raise PlanFileError(f"ranks: must list ranks 0..{spec.dp - 1} in order, one each")
+    strategy = STRATEGY[spec.pack]
+    local: dict[str, list[int]] = defaultdict(list)
+    for r in plan.ranks:
+        path = f"ranks[{r.rank}]"
+        if r.strategy != strategy:
+            raise PlanFileError(f"{path}.strategy: must be {strategy} for pack {spec.pack}, got {r.strategy!r}")
+        unknown = next((n for n in (*r.nodes, r.control) if n not in known), None)
+        if unknown is not None:
+            raise PlanFileError(f"{path}: node {unknown!r} is not one of the plan's nodes")
+        if len(set(r.nodes)) != len(r.nodes):
+            raise PlanFileError(f"{path}.bundles: its devices must be grouped node by node")
+        if sum(r.devices) != spec.world_size:
+            raise PlanFileError(f"{path}.bundles: must hold {spec.world_size} devices (tp x pp), got {sum(r.devices)}")
+        if spec.pack == "span":
+            if len(set(r.devices)) != 1 or len(r.nodes) < 2:
+                raise PlanFileError(
+                    f"{path}.bundles: a span rank takes the same number of devices on each of its nodes"
+                )
+            if r.control not in r.nodes:
+                raise PlanFileError(f"{path}.bundles: the control bundle must be on one of the rank's nodes")
+        elif len(r.nodes) != 1 or r.control != r.nodes[0]:
+            raise PlanFileError(f"{path}.bundles: a {strategy} rank has every bundle on one node")
+        local[r.nodes[0]].append(r.local_rank)
+    if plan.ranks and plan.ranks[0].nodes[0] != spec.master:
+        raise PlanFileError("ranks[0]: must be on the master (spec.master)")
+    for node, ranks in local.items():
+        if sorted(ranks) != list(range(len(ranks))):
+            raise PlanFileError(f"ranks: the local ranks on node {node!r} must be 0..{len(ranks) - 1}, one each")
+    hosted = Counter(r.nodes[0] for r in plan.ranks)
+    if spec.pack == "span":
+        if spec.dp_local != 1:
+            raise PlanFileError(f"spec.dp_local: must be 1 with pack span, got {spec.dp_local}")
+        return
+    if hosted[spec.master] != spec.dp_local:
+        raise PlanFileError(
+            f"spec.dp_local: the master hosts {hosted[spec.master]} ranks, the spec says {spec.dp_local}"
+        )
+    if spec.pack == "strict":
+        crowded = next((n for n, c in hosted.items() if c > spec.dp_local), None)
+        if crowded is not None:
+            raise PlanFileError(f"ranks: node {crowded!r} hosts {hosted[crowded]} ranks; pack strict allows dp_local")
+
+
+def check_fits(plan: Plan, nodes: Iterable[Node]) -> None:
+    """Every node the plan uses is in the cluster now, with the devices and CPUs the plan puts on it free."""
+    spec = plan.spec
+    now = {n.id: n for n in nodes}
+    need: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in plan.ranks:
+        for bundle in plan.bundles(r):
+            for key, amount in bundle.resources:
+                need[bundle.node][key] += units(amount)
+    for u in plan.nodes:
+        if u.node.id not in need:
+            continue
+        node = now.get(u.node.id)
+        if node is None:
+            raise PlanFileError(
+                f"nodes: {u.node.id!r} ({u.node.ip}) is not in the cluster now",
+                hint="make a fresh plan with `dpctl plan --out FILE`",
+            )
+        for key, amount in sorted(need[u.node.id].items()):
+            free = (
+                units(node.free_devices(key))
+                if key == spec.device and key != "CPU"
+                else units(node.available.get(key, 0.0))
+            )
+            if amount > free:
+                raise PlanFileError(
+                    f"nodes: the plan puts {amount / units(1):g} {key} on {node.id!r} ({node.ip}), "
+                    f"which has {free / units(1):g} free",
+                    hint="make a fresh plan with `dpctl plan --out FILE`",
+                )
