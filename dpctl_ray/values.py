@@ -14,7 +14,6 @@ from dpctl_ray.errors import ConfigError
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INTEGER = re.compile(r"^\s*-?[0-9]{1,30}\s*$")  # ASCII digits only: "²" and "٣" pass isdigit(), not this
 _DECIMAL = re.compile(r"^\s*[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,3})?\s*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 SHOWN_CHARS = 80
 
 MAX_COUNT = 1_000_000  # ranks (dp, dp_local) and devices of a rank (tp, pp)
@@ -24,8 +23,10 @@ MAX_PORT = 65535
 
 
 def printable(text: str) -> str:
-    """`text` with control characters (newlines, ESC, lone surrogates) written as escapes: one safe line."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+    """`text` with anything that is not printable (newlines, ESC, lone surrogates, ...) written as an escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode() for c in text)
 
 
 def one_line(text: str, limit: int = 1000) -> str:
@@ -125,7 +126,9 @@ def names(value: object, path: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{path}: must be a list of node ids or ips, got {show(value)}")
     out = tuple(part.strip() for v in value for part in v.split(",") if part.strip())
-    if len(out) < len(value) or any(printable(n) != n for n in out):
+    if len(out) < len(value):
+        raise ConfigError(f"{path}: names an empty node", hint="list node ids or ips; leave the key out for all nodes")
+    if any(printable(n) != n for n in out):
         raise ConfigError(f"{path}: must be a list of node ids or ips, got {show(value)}")
     return out
 

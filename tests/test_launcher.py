@@ -190,6 +190,26 @@ def test_plan_file_applies_and_a_stale_one_is_refused(live: LocalState, tmp_path
     assert leftovers(live, "planned-again", wait=0) == []
 
 
+def test_a_tampered_plan_file_with_a_fresh_fingerprint_creates_nothing(live: LocalState, tmp_path: Path) -> None:
+    """Moving a rank onto a full node keeps the fingerprint, but `up --plan` refuses it (exit 2) before creating."""
+    config = demo_config(tmp_path, "forged", dp=3, tp=2, pack="fill")
+    plan_file = tmp_path / "plan.json"
+    assert dpctl("plan", "-f", config, "--out", str(plan_file)).returncode == 0
+    doc = json.loads(plan_file.read_text())
+    master = doc["spec"]["master"]
+    rank = doc["ranks"][2]
+    for bundle in rank["bundles"]:
+        bundle["node"] = master
+    rank.update(nodes=[master], local_rank=2)
+    doc["spec"]["dp_local"] = 3
+    plan_file.write_text(json.dumps(doc))
+    result = dpctl("up", "--plan", str(plan_file), "-f", config)
+    assert result.returncode == 2, result.stderr
+    assert f"the plan puts 6 GPU on '{master}'" in result.stderr
+    assert "which has 4 free" in result.stderr
+    assert leftovers(live, "forged", wait=0) == []
+
+
 def test_down_all_removes_every_deployment(live: LocalState, tmp_path: Path) -> None:
     """down --all removes every dpctl deployment in the cluster, each named in the output."""
     for name in ("all-a", "all-b"):

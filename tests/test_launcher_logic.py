@@ -147,3 +147,11 @@ def test_object_names_parse_back() -> None:
     assert ObjectName.parse("dpctl/dep/pg-0") == ObjectName("dep", ObjectKind.GROUP, 0)
     assert ObjectName.parse("dpctl/dep/supervisor") == ObjectName("dep", None, None)
     assert ObjectName.parse("other/dep/pg-0") is None
+
+
+def test_a_record_scaled_below_its_dp_local_reads_back() -> None:
+    """After a scale-down a deployment keeps its dp_local (for growing again) above its dp; its record still reads."""
+    record = record_of(Placement(dp=2, tp=2))
+    record.spec = dataclasses.replace(record.spec, dp=1)
+    record.ranks = record.ranks[:1]
+    assert Record.from_json(record.to_json()).spec == record.spec

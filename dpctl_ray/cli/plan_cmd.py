@@ -78,8 +78,10 @@ def show_plan(result: Plan, *, full: bool) -> None:
         RANK_COLUMNS, rank_rows(result, limit), title=plan_title(result), total=len(result.ranks), what="ranks"
     )
     console.print_data(ranks)
-    listed = len(summarised_nodes(result))
-    nodes = table(node_columns(result.spec.device), node_rows(result, limit), title="nodes", total=listed, what="nodes")
+    usage = result.usage()
+    listed = len(summarised_nodes(result, usage))
+    rows = node_rows(result, usage, limit)
+    nodes = table(node_columns(result.spec.device), rows, title="nodes", total=listed, what="nodes")
     console.print_data(nodes)
     passed_over = worth_showing(result.skipped, show_deviceless=False)
     if passed_over:

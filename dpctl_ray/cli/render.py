@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dpctl_ray.launcher.progress import RankPhase, RankProgress
 from dpctl_ray.launcher.status import DeploymentStatus, RankStatus
 from dpctl_ray.planner.inventory import number
-from dpctl_ray.planner.model import NodeUse, Plan
+from dpctl_ray.planner.model import Node, Plan, Usage
 from dpctl_ray.planner.scale import ScalePlan
 from dpctl_ray.values import printable
 
@@ -50,10 +50,10 @@ def short_ids(ids: Iterable[str], minimum: int = 8) -> dict[str, str]:
 def plan_title(plan: Plan) -> str:
     """One line saying what the plan is."""
     s = plan.spec
-    master = next(u.node for u in plan.nodes if u.node.id == s.master)
+    master = next(n for n in plan.nodes if n.id == s.master)
     short = short_ids([master.id])[master.id]
     shape = f"TP {s.tp}" + (f" x PP {s.pp}" if s.pp > 1 else "")
-    nodes_used = sum(1 for u in plan.nodes if u.device_ranks)
+    nodes_used = len({n for r in plan.ranks for n in r.nodes})
     return (
         f"{plan.name}: {s.dp} rank{'s' if s.dp != 1 else ''} of {shape} "
         f"({s.dp * s.world_size} {s.device} on {nodes_used} node{'s' if nodes_used != 1 else ''}), "
@@ -63,8 +63,8 @@ def plan_title(plan: Plan) -> str:
 
 def rank_rows(plan: Plan, limit: int | None = None) -> list[tuple[str, ...]]:
     """rank, local rank, node(s), ip(s), devices, strategy; the first `limit` ranks."""
-    ips = {u.node.id: u.node.ip for u in plan.nodes}
-    names = short_ids(u.node.id for u in plan.nodes)
+    ips = {n.id: n.ip for n in plan.nodes}
+    names = short_ids(n.id for n in plan.nodes)
     device = plan.spec.device
     rows: list[tuple[str, ...]] = []
     for r in plan.ranks[:limit]:
@@ -95,51 +95,51 @@ RANK_COLUMNS = (
 MAP_CELLS = 32  # devices a node's map shows one by one; beyond that it counts them
 
 
-def device_map(use: NodeUse, device: str) -> str:
-    """One cell per device: the rank that holds it, `x` in use by others, `·` free; counts beyond MAP_CELLS."""
-    free = use.node.free_devices(device)
-    total = max(use.node.total_devices(device), free, len(use.device_ranks))
+def device_map(node: Node, ranks: Sequence[tuple[int, int]], device: str) -> str:
+    """One cell per device: the rank that holds it, `x` in use by others, `·` free; counts beyond MAP_CELLS.
+
+    `ranks` are the (rank, devices) the plan puts on the node.
+    """
+    planned = sum(count for _, count in ranks)
+    free = node.free_devices(device)
+    total = max(node.total_devices(device), free, planned)
     busy = total - free
     if total > MAP_CELLS:
-        held: dict[int, int] = {}
-        for rank in use.device_ranks:
-            held[rank] = held.get(rank, 0) + 1
         parts = [f"{BUSY} {busy:,}"] if busy else []
-        shown = list(held.items())
-        parts += [f"{rank}:{count:,}" for rank, count in shown[:8]]
-        if len(shown) > 8:
-            parts.append(f"... {len(shown) - 8} more ranks")
-        parts.append(f"{FREE} {free - len(use.device_ranks):,}")
+        parts += [f"{rank}:{count:,}" for rank, count in ranks[:8]]
+        if len(ranks) > 8:
+            parts.append(f"... {len(ranks) - 8} more ranks")
+        parts.append(f"{FREE} {free - planned:,}")
         return "  ".join(parts)
-    cells = [BUSY] * busy + [str(r) for r in use.device_ranks]
+    cells = [BUSY] * busy + [str(rank) for rank, count in ranks for _ in range(count)]
     cells += [FREE] * (total - len(cells))
     width = max((len(c) for c in cells), default=1)
     return " ".join(c.rjust(width) for c in cells)
 
 
-def summarised_nodes(plan: Plan) -> list[NodeUse]:
+def summarised_nodes(plan: Plan, usage: Usage) -> list[Node]:
     """The nodes the per-node summary lists: those with the device (a CPU-only head is left out)."""
     device = plan.spec.device
-    return [u for u in plan.nodes if u.device_ranks or u.node.total_devices(device)]
+    return [n for n in plan.nodes if n.id in usage.devices or n.total_devices(device)]
 
 
-def node_rows(plan: Plan, limit: int | None = None) -> list[tuple[str, ...]]:
+def node_rows(plan: Plan, usage: Usage, limit: int | None = None) -> list[tuple[str, ...]]:
     """node, ip, role, devices planned/free, CPUs planned/free, device map, for the first `limit` nodes listed.
 
     When the device is CPU itself, one column counts both what the ranks' devices and their engines take.
     """
     device = plan.spec.device
-    names = short_ids(u.node.id for u in plan.nodes)
+    names = short_ids(n.id for n in plan.nodes)
     rows: list[tuple[str, ...]] = []
-    for use in summarised_nodes(plan)[:limit]:
-        node = use.node
+    for node in summarised_nodes(plan, usage)[:limit]:
         role = ", ".join(role for role, on in (("master", node.id == plan.spec.master), ("head", node.head)) if on)
+        devices, cpus = usage.devices.get(node.id, 0), usage.cpus.get(node.id, 0.0)
         free_cpus = number(node.available.get("CPU", 0.0))
         if device == "CPU":
-            counts: tuple[str, ...] = (f"{number(len(use.device_ranks) + use.planned_cpus)}/{free_cpus}",)
+            counts: tuple[str, ...] = (f"{number(devices + cpus)}/{free_cpus}",)
         else:
-            counts = (f"{len(use.device_ranks)}/{node.free_devices(device)}", f"{number(use.planned_cpus)}/{free_cpus}")
-        rows.append((names[node.id], node.ip, role, *counts, device_map(use, device)))
+            counts = (f"{devices}/{node.free_devices(device)}", f"{number(cpus)}/{free_cpus}")
+        rows.append((names[node.id], node.ip, role, *counts, device_map(node, usage.ranks.get(node.id, []), device)))
     return rows
 
 

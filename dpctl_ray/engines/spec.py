@@ -182,13 +182,19 @@ def _ready(raw: object, path: str) -> ReadyCheck:
             f"{path}: must be one of {{log: REGEX}}, {{http: URL}} or {{tcp: PORT}}, got {values.show(raw)}"
         )
     kind, target = next(iter(raw.items()))
-    target = str(target)
+    where = f"{path}.{kind}"
+    if kind == "tcp" and isinstance(target, int) and not isinstance(target, bool):
+        target = str(values.integer(target, where, maximum=values.MAX_PORT))
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f"{where}: must be a non-empty string, got {values.show(target)}")
     if kind == "log":
-        values.regex(target, f"{path}.log")
-    else:
-        check_template(target, f"{path}.{kind}")
+        values.regex(target, where)
+        return ReadyCheck(kind, target)
+    check_template(target, where)
     if kind == "http" and not target.startswith(("http://", "https://")):
-        raise ConfigError(f"{path}.http: must be an http:// or https:// URL, got {target!r}")
+        raise ConfigError(f"{where}: must be an http:// or https:// URL, got {values.quoted(target)}")
+    if kind == "tcp" and "{" not in (port := target.rpartition(":")[2]):
+        values.integer(port, f"{where} (port)", maximum=values.MAX_PORT)
     return ReadyCheck(kind, target)
 
 

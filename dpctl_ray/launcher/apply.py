@@ -68,7 +68,7 @@ class Launch:
         self.master_port = master_port
         self.created = Created()
         self.stream_address: str | None = None
-        ips = node_ips or {u.node.id: u.node.ip for u in plan.nodes}
+        ips = node_ips or {n.id: n.ip for n in plan.nodes}
         self.node_ips = ips
         self.progress = {r.rank: RankProgress(r.rank, r.local_rank, ips.get(r.control, "?")) for r in ranks}
 

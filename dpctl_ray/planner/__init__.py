@@ -5,7 +5,6 @@ from dpctl_ray.planner.model import (
     Infeasible,
     InfeasibleCode,
     Node,
-    NodeUse,
     Offer,
     Placement,
     Plan,
@@ -14,6 +13,7 @@ from dpctl_ray.planner.model import (
     ResolvedSpec,
     Skip,
     SkipReason,
+    Usage,
 )
 from dpctl_ray.planner.place import NoPlan, SpecError, check_spec, cluster_fingerprint, feasible, plan
 
@@ -23,7 +23,6 @@ __all__ = [
     "InfeasibleCode",
     "NoPlan",
     "Node",
-    "NodeUse",
     "Offer",
     "Placement",
     "Plan",
@@ -33,6 +32,7 @@ __all__ = [
     "Skip",
     "SkipReason",
     "SpecError",
+    "Usage",
     "check_spec",
     "cluster_fingerprint",
     "feasible",

@@ -18,7 +18,7 @@ from dpctl_ray.planner.model import (
     Skip,
     valid_name,
 )
-from dpctl_ray.planner.place import MAX_CPUS, MAX_RANKS, MAX_WORLD_SIZE, SpecError, check_spec, node_uses
+from dpctl_ray.planner.place import MAX_CPUS, MAX_RANKS, MAX_WORLD_SIZE, SpecError, check_spec
 from dpctl_ray.planner.verify import PlanFileError, check_plan
 from dpctl_ray.values import show
 
@@ -37,6 +37,7 @@ def plan_to_document(plan: Plan) -> dict[str, Any]:
     """The DESIGN.md plan document; bundles list the world_size device bundles, then the control bundle."""
     spec = plan.spec
     device = spec.device
+    usage = plan.usage()
 
     def bundles(rank: RankPlacement) -> list[dict[str, Any]]:
         return [{"node": b.node, "resources": {k: number(v) for k, v in b.resources}} for b in plan.bundles(rank)]
@@ -56,13 +57,13 @@ def plan_to_document(plan: Plan) -> dict[str, Any]:
         ],
         "nodes": [
             {
-                "id": u.node.id,
-                "ip": u.node.ip,
-                "head": u.node.head,
-                "available": _available(u.node, device),
-                "planned": amounts(device, len(u.device_ranks), u.planned_cpus),
+                "id": n.id,
+                "ip": n.ip,
+                "head": n.head,
+                "available": _available(n, device),
+                "planned": amounts(device, usage.devices.get(n.id, 0), usage.cpus.get(n.id, 0.0)),
             }
-            for u in plan.nodes
+            for n in plan.nodes
         ],
         "skipped": [skip_to_document(s, device) for s in plan.skipped],
         "warnings": list(plan.warnings),
@@ -170,9 +171,6 @@ def _parts(plan: Plan, q: Callable[[str], str]) -> list[tuple[str, str | list[st
             text = numbers[value] = json_number(value)
         return text
 
-    def mapping(values: Mapping[str, float | int]) -> str:
-        return "{" + ", ".join(f"{q(k)}: {num(v)}" for k, v in values.items()) + "}"
-
     device_part = f'"resources": {{{q(device)}: 1}}}}, '
     control_part = f'"resources": {{"CPU": {num(plan.spec.cpus)}}}}}]'
 
@@ -188,12 +186,25 @@ def _parts(plan: Plan, q: Callable[[str], str]) -> list[tuple[str, str | list[st
         f'"nodes": [{", ".join(map(q, r.nodes))}], "bundles": {bundles(r)}}}'
         for r in plan.ranks
     ]
-    nodes = [
-        f'{{"id": {q(u.node.id)}, "ip": {q(u.node.ip)}, "head": {"true" if u.node.head else "false"}, '
-        f'"available": {mapping(_available(u.node, device))}, '
-        f'"planned": {mapping(amounts(device, len(u.device_ranks), u.planned_cpus))}}}'
-        for u in plan.nodes
-    ]
+    head = {True: "true", False: "false"}
+    usage = plan.usage()
+    devices, cpus = usage.devices, usage.cpus
+    if device == "CPU":  # one count: the ranks' devices and their engines draw on the same CPUs
+        nodes = [
+            f'{{"id": {q(n.id)}, "ip": {q(n.ip)}, "head": {head[n.head]}, '
+            f'"available": {{"CPU": {num(n.available.get("CPU", 0.0))}}}, '
+            f'"planned": {{"CPU": {num(devices.get(n.id, 0) + cpus.get(n.id, 0.0))}}}}}'
+            for n in plan.nodes
+        ]
+    else:
+        dev = q(device)
+        nodes = [
+            f'{{"id": {q(n.id)}, "ip": {q(n.ip)}, "head": {head[n.head]}, '
+            f'"available": {{{dev}: {num(n.available.get(device, 0.0))}, '
+            f'"CPU": {num(n.available.get("CPU", 0.0))}}}, '
+            f'"planned": {{{dev}: {devices.get(n.id, 0)}, "CPU": {num(cpus.get(n.id, 0.0))}}}}}'
+            for n in plan.nodes
+        ]
     return [
         ("version", str(VERSION)),
         ("spec", json.dumps(spec_to_document(plan.name, plan.spec), ensure_ascii=q is encode_basestring_ascii)),
@@ -247,6 +258,10 @@ def plan_from_document(doc: object) -> Plan:
             hint="write the plan again with `dpctl plan --out` from this version of dpctl",
         )
     name, spec = _spec(_mapping(_field(d, "spec", "plan"), "spec"))
+    try:
+        check_spec(spec, {k: f"spec.{k}" for k in ("dp", "dp_local", "tp", "pp", "pack", "device", "cpus", "master")})
+    except SpecError as exc:
+        raise PlanFileError(exc.message, hint=exc.hint) from None
     raw_ranks = _list(_field(d, "ranks", "plan"), "ranks")
     if len(raw_ranks) != spec.dp:
         raise PlanFileError(f"ranks: must list {spec.dp} ranks (spec.dp), got {len(raw_ranks)}")
@@ -272,7 +287,7 @@ def plan_from_document(doc: object) -> Plan:
         name=name,
         spec=spec,
         ranks=ranks,
-        nodes=node_uses(nodes, ranks, spec.cpus),
+        nodes=tuple(nodes),
         skipped=(),
         warnings=tuple(warnings),
         fingerprint=fingerprint,
@@ -282,7 +297,11 @@ def plan_from_document(doc: object) -> Plan:
 
 
 def spec_from_document(doc: Mapping[str, Any]) -> ResolvedSpec:
-    """The resolved spec back from its document form (plan files, deployment records)."""
+    """The resolved spec of a deployment record: its values checked one by one.
+
+    A running deployment may hold dp_local above dp after a scale-down (dp_local is how many ranks a node
+    takes when it grows again), so the rules across values that a plan file obeys are not applied here.
+    """
     return _spec(doc)[1]
 
 
@@ -318,10 +337,6 @@ def _spec(doc: Mapping[str, Any]) -> tuple[str, ResolvedSpec]:
     world_size = doc.get("world_size", spec.world_size)
     if world_size != spec.world_size:
         raise PlanFileError(f"spec.world_size: must be tp x pp ({spec.world_size}), got {show(world_size)}")
-    try:
-        check_spec(spec, {k: f"spec.{k}" for k in ("dp", "dp_local", "tp", "pp", "pack", "device", "cpus", "master")})
-    except SpecError as exc:
-        raise PlanFileError(exc.message, hint=exc.hint) from None
     return name, spec
 
 

@@ -19,6 +19,7 @@ _IPV4 = re.compile(
     r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 )
 MAX_AMOUNT = 1e15  # of any resource on one node (memory is counted in bytes)
+_RESOURCE_NAMES: set[str] = set()  # names already found printable
 
 
 class InventoryError(BadInput):
@@ -75,7 +76,7 @@ def number(value: float) -> float | int:
 
 def _node(raw: object, i: int) -> Node:
     # Paths are built only on error: a 16k-node inventory validates in a few tens of milliseconds.
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, dict):
         raise InventoryError(f"nodes[{i}]: must be a mapping, got {_kind(raw)}")
     for key in raw:
         if key not in _NODE_KEY_SET:
@@ -109,9 +110,9 @@ def _node(raw: object, i: int) -> Node:
     else:
         available = resources
     labels = raw.get("labels", _NO_LABELS)
-    if not labels and isinstance(labels, Mapping):
+    if labels is _NO_LABELS or (not labels and isinstance(labels, dict)):
         labels = _NO_LABELS
-    elif not isinstance(labels, Mapping) or not all(
+    elif not isinstance(labels, dict) or not all(
         type(k) is str and _printable(k) and type(v) is str and (not v or _printable(v)) for k, v in labels.items()
     ):
         raise InventoryError(
@@ -123,12 +124,14 @@ def _node(raw: object, i: int) -> Node:
 
 
 def _amounts(raw: object, i: int, field: str) -> dict[str, float]:
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, dict):
         raise InventoryError(f"nodes[{i}].{field}: must map resource names to amounts, got {_kind(raw)}")
     out: dict[str, float] = {}
     for key, value in raw.items():
-        if type(key) is not str or not _printable(key):
-            raise InventoryError(f"nodes[{i}].{field}: resource names must be printable strings, got {show(key)}")
+        if key not in _RESOURCE_NAMES:  # a cluster has a few resource names, on every node: check each once
+            if type(key) is not str or not _printable(key):
+                raise InventoryError(f"nodes[{i}].{field}: resource names must be printable strings, got {show(key)}")
+            _RESOURCE_NAMES.add(key)
         # type() rather than isinstance(): True is not an amount; the range check also rejects NaN and infinity,
         # and runs before an integer becomes a float.
         if type(value) not in (int, float) or not value >= 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Literal, TypeGuard
@@ -116,12 +116,25 @@ class RankPlacement:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeUse:
-    """A node with what the plan puts on it: per device slot, the rank that holds it."""
+class Usage:
+    """What a plan puts on its nodes, by node id: the ranks on each node's devices, device counts, control CPUs."""
 
-    node: Node
-    device_ranks: tuple[int, ...]  # one entry per planned device, in rank order
-    planned_cpus: float
+    ranks: Mapping[str, list[tuple[int, int]]]  # (rank, devices it takes on the node), in rank order
+    devices: Mapping[str, int]
+    cpus: Mapping[str, float]
+
+    @classmethod
+    def of(cls, ranks: Iterable[RankPlacement], cpus: float) -> Usage:
+        """The usage of these ranks, each with a control bundle of `cpus`."""
+        held: dict[str, list[tuple[int, int]]] = {}
+        devices: dict[str, int] = {}
+        planned_cpus: dict[str, float] = {}
+        for rank in ranks:
+            for node, count in zip(rank.nodes, rank.devices, strict=True):
+                held.setdefault(node, []).append((rank.rank, count))
+                devices[node] = devices.get(node, 0) + count
+            planned_cpus[rank.control] = planned_cpus.get(rank.control, 0.0) + cpus
+        return cls(held, devices, planned_cpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +188,12 @@ class Offer:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A feasible placement: ranks 0..dp-1 in order, node usage, and the cluster state it assumed."""
+    """A feasible placement: ranks 0..dp-1 in order, the nodes it considered, and the cluster state it assumed."""
 
     name: str
     spec: ResolvedSpec
     ranks: tuple[RankPlacement, ...]
-    nodes: tuple[NodeUse, ...]
+    nodes: tuple[Node, ...]  # the master first, then in the planner's order
     skipped: tuple[Skip, ...]
     warnings: tuple[str, ...]
     fingerprint: str
@@ -188,6 +201,10 @@ class Plan:
     def bundles(self, rank: RankPlacement) -> tuple[Bundle, ...]:
         """A rank's placement-group bundles under this plan's device and control-bundle CPUs."""
         return rank.bundles(self.spec.device, self.spec.cpus)
+
+    def usage(self) -> Usage:
+        """What the plan puts on each node (derived from its ranks)."""
+        return Usage.of(self.ranks, self.spec.cpus)
 
 
 class InfeasibleCode(str, Enum):

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from dpctl_ray.errors import BadInput, InfeasibleError
 from dpctl_ray.planner.model import (
+    GRANULARITY,
     PACKS,
     STRATEGY,
     Infeasible,
     InfeasibleCode,
     Node,
-    NodeUse,
     Offer,
     Placement,
     Plan,
@@ -77,7 +79,7 @@ def plan(request: PlanRequest) -> Plan | Infeasible:
         name=request.name,
         spec=ResolvedSpec.of(spec, dp_local=dp_local, master=master.id),
         ranks=tuple(ranks),
-        nodes=node_uses((master, *(n for n in ordered if n is not master)), ranks, spec.cpus),
+        nodes=(master, *(n for n in ordered if n is not master)),
         skipped=tuple(skipped),
         warnings=tuple(warnings),
         fingerprint=run.fingerprint,
@@ -188,23 +190,14 @@ def cluster_fingerprint(nodes: Iterable[Node], device: str) -> str:
     return hashlib.sha256("\n".join([f"v1\t{device}", *rows]).encode()).hexdigest()[:16]
 
 
-def node_order_key(node: Node) -> tuple[int, tuple[int, ...], str, str]:
+def node_order_key(node: Node) -> tuple[int, bytes, str, str]:
     """Nodes after the master: by IP address (numerically; IPv4 before IPv6, unparsable last), then id."""
-    ip = node.ip
-    parts = ip.split(".")
-    if len(parts) == 4:
-        try:
-            return (0, tuple(map(int, parts)), "", node.id)
-        except ValueError:
-            pass
-    if ":" in ip:
-        try:
-            import ipaddress  # noqa: PLC0415 - rare path; keeps the IPv4 fast path import-free
-
-            return (1, tuple(ipaddress.IPv6Address(ip).packed), "", node.id)
-        except ValueError:
-            pass
-    return (2, (), ip, node.id)
+    # An address's packed bytes compare as its numbers do.
+    with contextlib.suppress(OSError):
+        return (0, socket.inet_pton(socket.AF_INET, node.ip), "", node.id)
+    with contextlib.suppress(OSError):
+        return (1, socket.inet_pton(socket.AF_INET6, node.ip), "", node.id)
+    return (2, b"", node.ip, node.id)
 
 
 # --- steps -----------------------------------------------------------------------------------------
@@ -246,7 +239,7 @@ def _choose_master(run: Planning, candidates: list[Node]) -> Node | Infeasible:
         heads = [n for n in candidates if n.head and ledger.hosts_one(n)]
         if heads:
             return heads[0]
-        return min(candidates, key=lambda n: (not ledger.hosts_one(n), -n.free_devices(spec.device), n.id))
+        return min(candidates, key=lambda n: (not ledger.hosts_one(n), -ledger.dev[n.id], n.id))
     by_id = [n for n in run.request.nodes if n.id == spec.master]
     named = by_id or [n for n in run.request.nodes if n.ip == spec.master]
     key = (run.request.spelled or {}).get("master", "placement.master")
@@ -401,18 +394,6 @@ def span_ranks(
     return ranks
 
 
-def node_uses(nodes: Iterable[Node], ranks: Iterable[RankPlacement], cpus: float) -> tuple[NodeUse, ...]:
-    """Each node with the ranks on its devices (in rank order) and the CPUs of the control bundles on it."""
-    devices: dict[str, list[int]] = {}
-    planned_cpus: dict[str, float] = {}
-    for rank in ranks:
-        for node, count in zip(rank.nodes, rank.devices, strict=True):
-            devices.setdefault(node, []).extend([rank.rank] * count)
-        planned_cpus[rank.control] = planned_cpus.get(rank.control, 0.0) + cpus
-    none: tuple[int, ...] = ()
-    return tuple(NodeUse(n, tuple(devices.get(n.id, none)), planned_cpus.get(n.id, 0.0)) for n in nodes)
-
-
 def _skip(node: Node, reason: SkipReason, spec: Placement) -> Skip:
     return Skip(
         node=node.id,
@@ -458,7 +439,7 @@ class Ledger:  # shared with the scale planner
                 0,
             )
         device = spec.device
-        dev = {n.id: units(n.free_devices(device)) for n in nodes}  # whole devices
+        dev = {n.id: n.free_devices(device) * GRANULARITY for n in nodes}  # whole devices, in units
         return cls(
             device, spec.world_size, spec.cpus, spec.pack == "span", dev, cpu, units(spec.world_size), units(spec.cpus)
         )

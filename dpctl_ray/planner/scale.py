@@ -22,7 +22,6 @@ from dpctl_ray.planner.place import (
     cluster_fingerprint,
     filter_nodes,
     node_order_key,
-    node_uses,
     packed_ranks,
     span_ranks,
 )
@@ -58,7 +57,7 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
             current,
             spec=dataclasses.replace(spec, dp=dp),
             ranks=kept,
-            nodes=node_uses(ordered, kept, spec.cpus),
+            nodes=tuple(ordered),
             fingerprint=fingerprint,
         )
         return ScalePlan(current.name, before, after, (), tuple(r.rank for r in current.ranks[dp:]))
@@ -101,7 +100,7 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
         name=current.name,
         spec=grown,
         ranks=ranks,
-        nodes=node_uses(ordered, ranks, spec.cpus),
+        nodes=tuple(ordered),
         skipped=tuple(skipped),
         warnings=tuple(warnings),
         fingerprint=fingerprint,

@@ -24,7 +24,7 @@ class PlanFileError(BadInput):
 def check_plan(plan: Plan) -> None:
     """The plan obeys the rules of its spec (ranks, strategies, nodes, local ranks, dp_local)."""
     spec = plan.spec
-    known = {u.node.id for u in plan.nodes}
+    known = {n.id for n in plan.nodes}
     if spec.master not in known:
         raise PlanFileError(f"spec.master: {spec.master!r} is not one of the plan's nodes")
     if [r.rank for r in plan.ranks] != list(range(spec.dp)):
@@ -81,16 +81,16 @@ def check_fits(plan: Plan, nodes: Iterable[Node]) -> None:
         for bundle in plan.bundles(r):
             for key, amount in bundle.resources:
                 need[bundle.node][key] += units(amount)
-    for u in plan.nodes:
-        if u.node.id not in need:
+    for planned in plan.nodes:
+        if planned.id not in need:
             continue
-        node = now.get(u.node.id)
+        node = now.get(planned.id)
         if node is None:
             raise PlanFileError(
-                f"nodes: {u.node.id!r} ({u.node.ip}) is not in the cluster now",
+                f"nodes: {planned.id!r} ({planned.ip}) is not in the cluster now",
                 hint="make a fresh plan with `dpctl plan --out FILE`",
             )
-        for key, amount in sorted(need[u.node.id].items()):
+        for key, amount in sorted(need[planned.id].items()):
             free = (
                 units(node.free_devices(key))
                 if key == spec.device and key != "CPU"
