@@ -12,7 +12,7 @@ from dpctl_ray import values
 from dpctl_ray.engines.spec import DemoSpec, EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.files import load_document
-from dpctl_ray.planner.model import NAME_RULE, PACKS, Placement, valid_name
+from dpctl_ray.planner.model import LAYOUTS, NAME_RULE, PACKS, Placement, valid_name
 from dpctl_ray.planner.place import MAX_CPUS, MAX_WORLD_SIZE
 
 DEFAULT_FILE = "dpctl.yaml"
@@ -52,6 +52,12 @@ PLACEMENT_KEYS: tuple[PlacementKey, ...] = (
     PlacementKey("master", "auto, a node id or an ip.", "NODE", values.text),
     PlacementKey("nodes", "Allowed node ids or ips (comma-separated or repeated).", "NODES", values.names, many=True),
     PlacementKey("cpus", "CPUs of the control bundle (1).", "CPUS", lambda v, p: values.number(v, p, maximum=MAX_CPUS)),
+    PlacementKey(
+        "bundles",
+        "per_node (one bundle per node of a rank) or per_device (the seed's layout).",
+        "LAYOUT",
+        lambda v, p: values.choice(v, p, LAYOUTS),
+    ),
 )
 
 

@@ -30,7 +30,7 @@ def test_table_shows_each_rank_and_a_device_map(cli: Invoke) -> None:
     result = cli("plan", "--inventory", INV, "--dp", "3", "--tp", "4")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "demo: 3 ranks of TP 4 (12 GPU on 2 nodes), pack strict, dp_local 2, master gpu-a (10.0.0.2)" in out
+    assert "demo: 3 ranks of TP 4 (12 GPU on 2 nodes), pack strict, dp_local 2, bundles per_node" in out
     rows = [line.split() for line in out.splitlines()]
     assert ["0", "0", "gpu-a", "10.0.0.2", "4", "GPU", "STRICT_PACK"] in rows
     assert ["2", "0", "gpu-b", "10.0.0.3", "4", "GPU", "STRICT_PACK"] in rows
@@ -69,13 +69,14 @@ def test_json_is_the_design_document_and_nothing_else(cli: Invoke) -> None:
         "cpus": 1,
         "master": "gpu-a",
         "nodes": [],
+        "bundles": "per_node",
     }
     assert doc["ranks"][0] == {
         "rank": 0,
         "local_rank": 0,
         "strategy": "STRICT_PACK",
         "nodes": ["gpu-a"],
-        "bundles": [{"node": "gpu-a", "resources": {"GPU": 1}}] * 4 + [{"node": "gpu-a", "resources": {"CPU": 1}}],
+        "bundles": [{"node": "gpu-a", "resources": {"GPU": 4, "CPU": 1}}],
     }
     gpu_b = next(n for n in doc["nodes"] if n["id"] == "gpu-b")
     assert gpu_b == {

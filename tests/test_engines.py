@@ -9,90 +9,47 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from dpctl_ray.config import config_from_document, load_config
-from dpctl_ray.engines.base import EngineContext
-from dpctl_ray.engines.command import render
+from dpctl_ray.config import config_from_document
+from dpctl_ray.engines.processes import Command, Granted, commands
 from dpctl_ray.engines.spec import CommandSpec
 from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.planner import Node, Placement, Plan, PlanRequest, plan
 from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, dpctl, dpctl_background, interrupt, leftovers, ray_driver
 
 FAKE_VLLM = str(ROOT / "tests" / "fake_vllm.py")
 
 
-def context(**changes: Any) -> EngineContext:
-    base: dict[str, Any] = {
-        "deployment": "vllm-dp",
-        "rank": 1,
-        "local_rank": 1,
-        "dp": 4,
-        "dp_local": 2,
-        "world_size": 2,
-        "device": "GPU",
-        "devices": ("2", "3"),
-        "device_ips": ("10.0.0.3", "10.0.0.3"),
-        "node_id": "n1",
-        "node_ip": "10.0.0.3",
-        "master_ip": "10.0.0.2",
-        "master_port": 13345,
-        "port": 8001,
-        "tp": 2,
-        "pp": 1,
-    }
-    return EngineContext(**{**base, **changes})
-
-
-def test_vllm_example_renders_exactly_what_vllm_expects() -> None:
-    """configs/vllm-dp.yaml gives each rank vLLM's external-LB command line, and its GPUs in CUDA_VISIBLE_DEVICES."""
-    engine = load_config(str(ROOT / "configs" / "vllm-dp.yaml")).engine
-    assert isinstance(engine, CommandSpec)
-    argv, env = render(engine, context())
-    assert argv == [
-        "vllm",
-        "serve",
-        "Qwen/Qwen3-0.6B",
-        "--host",
-        "10.0.0.3",
-        "--port",
-        "8001",
-        "--tensor-parallel-size",
-        "2",
-        "--pipeline-parallel-size",
-        "1",
-        "--data-parallel-size",
-        "4",
-        "--data-parallel-rank",
-        "1",
-        "--data-parallel-address",
-        "10.0.0.2",
-        "--data-parallel-rpc-port",
-        "13345",
-    ]
-    assert env == {"VLLM_LOGGING_LEVEL": "INFO", "CUDA_VISIBLE_DEVICES": "2,3"}
-    assert engine.to_document()["ready"] == {"http": "http://{node_ip}:{port}/health"}
+def rendered(spec: CommandSpec, device: str = "GPU") -> Command:
+    """The one process of a TP-2 rank on one node, granted devices 2 and 3 there."""
+    node = Node("n1", "10.0.0.3", False, {device: 4, "CPU": 8}, {device: 4, "CPU": 8})
+    result = plan(PlanRequest("d", Placement(dp=1, tp=2, device=device), (node,)))
+    assert isinstance(result, Plan)
+    (command,) = commands(result, spec, Granted({(0, 0): ("2", "3")}, {(0, 0): 8001}), 13345)
+    return command
 
 
 def test_device_visibility_follows_the_device_key_or_the_config() -> None:
-    """TPU ranks get TPU_VISIBLE_CHIPS; engine.visible_devices_env overrides the default variable."""
-    spec = CommandSpec(argv=("serve",))
-    assert render(spec, context(device="TPU"))[1] == {"TPU_VISIBLE_CHIPS": "2,3"}
-    assert render(CommandSpec(argv=("serve",), visible_devices_env="HIP_VISIBLE_DEVICES"), context())[1] == {
-        "HIP_VISIBLE_DEVICES": "2,3"
-    }
-    assert render(spec, context(device="fancy_accelerator"))[1] == {}
+    """GPU ranks get CUDA_VISIBLE_DEVICES, TPU ranks TPU_VISIBLE_CHIPS; engine.visible_devices_env overrides it."""
+    spec = CommandSpec(argv=("serve", "{devices}"))
+    assert rendered(spec).env == (("CUDA_VISIBLE_DEVICES", "2,3"),)
+    assert rendered(spec, device="TPU").env == (("TPU_VISIBLE_CHIPS", "2,3"),)
+    assert rendered(replace(spec, visible_devices_env="HIP_VISIBLE_DEVICES")).env == (("HIP_VISIBLE_DEVICES", "2,3"),)
+    assert rendered(spec, device="fancy_accelerator").env == ()
 
 
-def test_span_ranks_see_only_the_devices_on_the_process_node() -> None:
-    """In span mode the process runs on the control node; {devices} and the variable list that node's devices."""
-    ctx = context(devices=("0", "1", "0", "1"), device_ips=("10.0.0.3", "10.0.0.3", "10.0.0.4", "10.0.0.4"))
-    argv, env = render(CommandSpec(argv=("x", "{devices}")), ctx)
-    assert argv == ["x", "0,1"]
-    assert env == {"CUDA_VISIBLE_DEVICES": "0,1"}
+def test_visible_devices_none_puts_the_devices_on_the_command_line_only() -> None:
+    """With visible_devices_env: none the process gets no variable and loses the one Ray set for its host."""
+    command = rendered(CommandSpec(argv=("serve", "--device-ids", "{devices}"), visible_devices_env="none"))
+    assert command.argv == ("serve", "--device-ids", "2,3")
+    assert command.env == ()
+    assert command.unset == ("CUDA_VISIBLE_DEVICES",)
 
 
 @pytest.mark.parametrize(
@@ -172,6 +129,26 @@ def test_python_engine_that_breaks_the_contract_is_exit_2(
     assert "no Ray cluster" not in result.stderr
 
 
+def test_a_python_engine_that_needs_per_device_gets_it_and_nothing_else(
+    cli: Invoke, write_yaml: Callable[[str, Any], str]
+) -> None:
+    """A class declaring dpctl_bundles = "per_device" is planned so; asking for per_node is exit 2 naming the flag."""
+    path = write_yaml("py.yaml", {"engine": {"kind": "python", "class": "tests.engines_for_tests:PerDevice"}})
+    result = cli("plan", "-f", path, "--inventory", str(EXAMPLE_INVENTORY), "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["spec"]["bundles"] == "per_device"
+    refused = cli("plan", "-f", path, "--inventory", str(EXAMPLE_INVENTORY), "--bundles", "per_node")
+    assert refused.exit_code == 2
+    assert "--bundles: tests.engines_for_tests:PerDevice needs per_device bundles" in refused.stderr
+    plain = write_yaml("plain.yaml", {"engine": {"kind": "python", "class": "tests.engines_for_tests:Complete"}})
+    result = cli("plan", "-f", plain, "--inventory", str(EXAMPLE_INVENTORY), "-o", "json")
+    assert json.loads(result.stdout)["spec"]["bundles"] == "per_node"
+    bad = write_yaml("bad.yaml", {"engine": {"kind": "python", "class": "tests.engines_for_tests:BadLayout"}})
+    result = cli("plan", "-f", bad, "--inventory", str(EXAMPLE_INVENTORY))
+    assert result.exit_code == 2
+    assert "BadLayout.dpctl_bundles must be one of per_node, per_device, got 'per_gpu'" in result.stderr
+
+
 # --- real processes on the cluster ----------------------------------------------------------------------
 
 
@@ -179,23 +156,28 @@ def fake_vllm_config(
     directory: Path,
     name: str,
     *,
-    ready: dict[str, str],
-    dp: int = 2,
-    tp: int = 1,
-    pack: str = "strict",
-    extra: tuple[str, ...] = (),
+    ready: dict[str, str] | None = None,
+    preset: str = "vllm-dense",
+    placement: dict[str, Any] | None = None,
+    knobs: dict[str, str] | None = None,
     **engine: Any,
 ) -> str:
-    """configs/vllm-dp.yaml with `vllm` replaced by the stand-in server."""
-    doc = yaml.safe_load((ROOT / "configs" / "vllm-dp.yaml").read_text())
+    """A shipped vLLM preset with `vllm` replaced by the stand-in, free ports, short loading, short timeouts.
+
+    `knobs` are the stand-in's FAKE_VLLM_* settings (load seconds default 0.4), `engine` overrides engine keys.
+    """
+    doc = yaml.safe_load((ROOT / "configs" / f"{preset}.yaml").read_text())
     doc["name"] = name
-    doc["placement"] = {"dp": dp, "tp": tp, "pack": pack}
-    doc["engine"]["argv"] = [sys.executable, FAKE_VLLM, *doc["engine"]["argv"][1:], "--load-seconds", "0.4", *extra]
-    doc["engine"]["ready"] = ready
+    doc["placement"] = {**doc["placement"], **(placement or {})}
+    doc["engine"]["argv"] = [sys.executable, FAKE_VLLM, *doc["engine"]["argv"][1:]]
+    if ready is not None:
+        doc["engine"]["ready"] = ready
     doc["engine"]["base_port"] = 0
     doc["engine"]["master_port"] = 0
     doc["engine"]["stop_grace"] = 5
-    doc["engine"]["env"] = {"FAKE_VLLM_EXTRA": "rank {rank} of {dp}"}
+    env = {"FAKE_VLLM_LOAD_SECONDS": "0.4", "FAKE_VLLM_EXTRA": "rank {rank} of {dp}"}
+    env.update({f"FAKE_VLLM_{key.upper()}": value for key, value in (knobs or {}).items()})
+    doc["engine"]["env"] = env
     doc["engine"].update(engine)
     doc["timeouts"] = {"placement": 30, "ready": 60}
     path = directory / f"{name}.yaml"
@@ -261,9 +243,8 @@ def test_each_rank_runs_its_own_process_until_ready(live: LocalState, tmp_path: 
             assert started["pid"] == rank["process_pid"]
             assert started["cuda_visible_devices"] == ",".join(rank["devices"])
             argv = started["argv"]
-            assert argv[argv.index("--data-parallel-rank") + 1] == str(rank["rank"])
-            assert argv[argv.index("--data-parallel-size") + 1] == "2"
             assert argv[argv.index("--port") + 1] == str(rank["port"])
+            assert not any(arg.startswith("--data-parallel") for arg in argv)
             assert started["extra"] == f"rank {rank['rank']} of 2"
         assert ranks[0]["port"] != ranks[1]["port"] or ranks[0]["ip"] != ranks[1]["ip"]
     finally:
@@ -276,9 +257,7 @@ def test_each_rank_runs_its_own_process_until_ready(live: LocalState, tmp_path: 
 @pytest.mark.ray
 def test_a_process_that_crashes_at_start_is_exit_4_with_its_log_tail(live: LocalState, tmp_path: Path) -> None:
     """A process exiting before it is ready fails the launch with its exit code and last log lines; nothing stays."""
-    config = fake_vllm_config(
-        tmp_path, "crashy", ready={"http": "http://{node_ip}:{port}/health"}, extra=("--crash-after", "0.2")
-    )
+    config = fake_vllm_config(tmp_path, "crashy", knobs={"crash_after": "0.2"})
     result = dpctl("up", "-f", config)
     assert result.returncode == 4, result.stderr
     assert "exited with code 3 before it was ready; last log lines" in result.stderr
@@ -332,7 +311,7 @@ def test_scale_down_stops_the_process_and_a_killed_engine_takes_its_process_alon
     live: LocalState, tmp_path: Path
 ) -> None:
     """Scaling down stops the removed rank's process; killing an engine actor outright kills its process too."""
-    config = fake_vllm_config(tmp_path, "shrinking", ready={"tcp": "{node_ip}:{port}"}, dp=3)
+    config = fake_vllm_config(tmp_path, "shrinking", ready={"tcp": "{node_ip}:{port}"}, placement={"dp": 3})
     assert dpctl("up", "-f", config).returncode == 0
     try:
         pids = {r["rank"]: r["process_pid"] for r in ranks_of("shrinking")}
@@ -349,25 +328,6 @@ def test_scale_down_stops_the_process_and_a_killed_engine_takes_its_process_alon
     finally:
         dpctl("down", "shrinking")
     assert not any(alive(pid) for pid in pids.values())
-
-
-@pytest.mark.ray
-def test_span_rank_runs_one_process_on_its_control_node(live: LocalState, tmp_path: Path) -> None:
-    """A span rank's process runs on its control node and sees that node's devices."""
-    config = fake_vllm_config(
-        tmp_path, "spanning", ready={"http": "http://{node_ip}:{port}/health"}, dp=1, tp=8, pack="span"
-    )
-    result = dpctl("up", "-f", config)
-    assert result.returncode == 0, result.stderr
-    try:
-        (rank,) = ranks_of("spanning")
-        assert len(set(rank["device_ips"])) == 2
-        started = started_with(rank)
-        here = [d for d, ip in zip(rank["devices"], rank["device_ips"], strict=True) if ip == rank["ip"]]
-        assert started["cuda_visible_devices"] == ",".join(here)
-        assert len(here) == 4
-    finally:
-        dpctl("down", "spanning")
 
 
 @pytest.mark.ray

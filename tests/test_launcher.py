@@ -66,7 +66,7 @@ def test_status_table_and_up_of_a_running_deployment(live: LocalState, tmp_path:
         assert "placement.tp: 2 -> 1" in other.stderr
         table = dpctl("status")
         assert table.returncode == 0, table.stderr
-        assert "twice: 2 ranks of TP 2, pack strict, running: 2 READY" in table.stdout
+        assert "twice: 2 ranks of TP 2, pack strict, bundles per_node, running: 2 READY" in table.stdout
     finally:
         dpctl("down", "twice")
     assert leftovers(live, "twice") == []
@@ -258,6 +258,6 @@ def test_status_watch_redraws_until_ctrl_c(live: LocalState, tmp_path: Path) -> 
         time.sleep(6)
         out, err = interrupt(proc)
         assert proc.returncode == 0, err
-        assert "watched: 1 rank of TP 1, pack strict, running: 1 READY" in out
+        assert "watched: 1 rank of TP 1, pack strict, bundles per_node, running: 1 READY" in out
     finally:
         dpctl("down", "watched")

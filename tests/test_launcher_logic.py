@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from dpctl_ray.engines.base import HostReport, RankState
+from dpctl_ray.engines.processes import master_port
 from dpctl_ray.engines.spec import CommandSpec, DemoSpec, ReadyCheck
 from dpctl_ray.launcher.records import (
     DeploymentState,
@@ -16,7 +17,6 @@ from dpctl_ray.launcher.records import (
     RankRecord,
     Record,
     differences,
-    master_port,
     object_name,
 )
 from dpctl_ray.launcher.status import Answer, rank_status
@@ -57,6 +57,7 @@ def report(**changes: object) -> HostReport:
         port=8000,
         process_pid=None,
         log_path="/tmp/x.log",
+        serves=(0,),
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -110,15 +111,49 @@ def test_each_fact_about_a_rank_maps_to_one_state(
     """Node gone and actor gone are DEAD; an engine that fails or does not answer is FAILED; else its own state."""
     record = record_of(Placement(dp=1, tp=2))
     record.ranks[0].since = 5.0
-    status = rank_status(record.ranks[0], record, alive, answer)
+    status = rank_status(record.ranks[0], record, alive, {(0, 0): answer})
     assert (status.state, status.detail) == (state, detail)
+
+
+def test_a_process_serving_several_ranks_serves_each_and_its_hosts_hold_their_own_devices() -> None:
+    """A per-node process on rank 0's host serves ranks 0 and 1; rank 1's own host reports rank 1's devices."""
+    record = record_of(Placement(dp=2, tp=2), CommandSpec(argv=("serve",), processes="per_node", coupling="group"))
+    process = report(serves=(0, 1), process_pid=99, api=True, argv=("serve",))
+    holder = report(rank=1, serves=(), devices=("2", "3"), process_pid=None)
+    hosts = {(0, 0): Answer(report=process), (1, 0): Answer(report=holder)}
+    status = rank_status(record.ranks[1], record, {"n0"}, hosts)
+    assert (status.state, status.devices, status.process_pid) == (RankState.READY, ["2", "3"], 99)
+
+
+def test_a_failed_process_in_a_group_fails_every_rank() -> None:
+    """In a group, rank 1's process failing makes rank 0 FAILED too, naming the process; independent ranks not."""
+    failed = report(rank=1, serves=(1,), state=RankState.FAILED, detail="process exited with code 3")
+    hosts = {(0, 0): Answer(report=report()), (1, 0): Answer(report=failed)}
+    group = record_of(Placement(dp=2, tp=2), CommandSpec(argv=("serve",), coupling="group"))
+    status = rank_status(group.ranks[0], group, {"n0"}, hosts)
+    assert status.state is RankState.FAILED
+    assert status.detail == "the group is down: the process of ranks 1 on 10.0.0.1 failed: process exited with code 3"
+    alone = record_of(Placement(dp=2, tp=2), CommandSpec(argv=("serve",), coupling="independent"))
+    assert rank_status(alone.ranks[0], alone, {"n0"}, hosts).state is RankState.READY
+
+
+def test_a_group_down_after_a_failed_restart_says_so_and_how_to_restart_it() -> None:
+    """A group whose restart failed runs nothing: its ranks are FAILED with the command that restarts it."""
+    record = record_of(Placement(dp=2, tp=2), CommandSpec(argv=("serve",), coupling="group"))
+    record.state = DeploymentState.FAILED
+    hosts = {(r, 0): Answer(report=report(rank=r, serves=(), state=RankState.STARTING)) for r in (0, 1)}
+    status = rank_status(record.ranks[0], record, {"n0"}, hosts)
+    assert (status.state, status.detail) == (
+        RankState.FAILED,
+        "the group is down after a failed restart (`dpctl scale dep --dp 2`)",
+    )
 
 
 def test_a_rank_that_is_still_starting_is_not_failed_for_being_slow() -> None:
     """No answer in time from a rank that was never ready means it is still loading."""
     record = dataclasses.replace(record_of(Placement(dp=1, tp=2)), state=DeploymentState.LAUNCHING)
-    assert rank_status(record.ranks[0], record, {"n0"}, Answer(late=True)).state is RankState.STARTING
-    assert rank_status(record.ranks[0], record, {"n0"}, None).state is RankState.PENDING
+    assert rank_status(record.ranks[0], record, {"n0"}, {(0, 0): Answer(late=True)}).state is RankState.STARTING
+    assert rank_status(record.ranks[0], record, {"n0"}, {}).state is RankState.PENDING
 
 
 def test_a_kept_failed_launch_shows_why_each_rank_failed() -> None:
@@ -126,17 +161,17 @@ def test_a_kept_failed_launch_shows_why_each_rank_failed() -> None:
     record = dataclasses.replace(record_of(Placement(dp=1, tp=2)), state=DeploymentState.FAILED)
     record.ranks[0].failed = "demo engine: rank 0 failed"
     for answer in (None, Answer(late=True), Answer(actor_died=True)):
-        status = rank_status(record.ranks[0], record, {"n0"}, answer)
+        status = rank_status(record.ranks[0], record, {"n0"}, {(0, 0): answer})
         assert (status.state, status.detail) == (RankState.FAILED, "demo engine: rank 0 failed")
 
 
 def test_the_master_port_is_configured_or_derived_from_the_name() -> None:
     """{master_port} is engine.master_port when set, else the same port for a name wherever it is computed."""
-    assert master_port("dep", DemoSpec(master_port=13345)) == 13345
-    derived = master_port("dep", DemoSpec())
-    assert derived == master_port("dep", CommandSpec())
+    assert master_port("dep", 13345) == 13345
+    derived = master_port("dep", 0)
+    assert derived == master_port("dep", 0)
     assert 20000 <= derived < 40000
-    assert derived != master_port("other", DemoSpec())
+    assert derived != master_port("other", 0)
 
 
 def test_object_names_parse_back() -> None:

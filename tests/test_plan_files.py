@@ -22,8 +22,8 @@ from tests.conftest import ROOT
 NODES = nodes_from_document(yaml.safe_load((ROOT / "configs" / "inventories" / "four-by-eight.yaml").read_text()))
 
 
-def fresh() -> dict[str, Any]:
-    result = plan(PlanRequest("tampered", Placement(dp=3, tp=4, pack="fill"), NODES))
+def fresh(layout: str = "per_node") -> dict[str, Any]:
+    result = plan(PlanRequest("tampered", Placement(dp=3, tp=4, pack="fill", bundles=layout), NODES))  # type: ignore[arg-type]
     assert isinstance(result, Plan)
     return plan_to_document(result)
 
@@ -48,6 +48,13 @@ def twelve_gpus_on_gpu_a(doc: dict[str, Any]) -> None:
 
 
 def split_strict_rank(doc: dict[str, Any]) -> None:
+    (bundle,) = doc["ranks"][2]["bundles"]
+    bundle["resources"]["GPU"] = 2
+    doc["ranks"][2]["bundles"].append({"node": "gpu-d", "resources": {"GPU": 2}})
+    doc["ranks"][2]["nodes"] = [bundle["node"], "gpu-d"]
+
+
+def split_strict_rank_per_device(doc: dict[str, Any]) -> None:
     bundles = doc["ranks"][2]["bundles"]
     for bundle in bundles[2:-1]:
         bundle["node"] = "gpu-d"
@@ -59,6 +66,7 @@ TAMPERS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("unknown-node", lambda d: move_rank(d, 2, "gpu-z"), "node 'gpu-z' is not one of the plan's nodes"),
     ("gpu-less-head", lambda d: move_rank(d, 2, "head"), "the plan puts 4 GPU on 'head' (10.0.0.1), which has 0 free"),
     ("split-strict-rank", split_strict_rank, "a STRICT_PACK rank has every bundle on one node"),
+    ("per-device:split-strict-rank", split_strict_rank_per_device, "a STRICT_PACK rank has every bundle on one node"),
     (
         "duplicate-local-rank",
         lambda d: d["ranks"][1].update(local_rank=0),
@@ -100,27 +108,46 @@ TAMPERS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "must be STRICT_PACK for pack fill, got 'PACK'",
     ),
     ("rank-missing", lambda d: d["ranks"].pop(), "ranks: must list 3 ranks (spec.dp), got 2"),
-    ("bundle-of-two", lambda d: d["ranks"][0]["bundles"][0]["resources"].update(GPU=2), "expected {GPU: 1}"),
-    ("control-cpus", lambda d: d["ranks"][0]["bundles"][-1]["resources"].update(CPU=5), "expected the control bundle"),
+    ("short-bundle", lambda d: d["ranks"][0]["bundles"][0]["resources"].update(GPU=2), "must hold 4 devices (tp x pp)"),
+    ("control-cpus", lambda d: d["ranks"][0]["bundles"][0]["resources"].update(CPU=5), "not the per_node bundles"),
+    (
+        "per-device:bundle-of-two",
+        lambda d: d["ranks"][0]["bundles"][0]["resources"].update(GPU=2),
+        "not the per_device bundles of a rank of 4 GPU on gpu-a",
+    ),
+    (
+        "per-device:control-cpus",
+        lambda d: d["ranks"][0]["bundles"][-1]["resources"].update(CPU=5),
+        "not the per_device bundles",
+    ),
+    (
+        "unknown-layout",
+        lambda d: d["spec"].update(bundles="per_rank"),
+        "spec.bundles: must be one of per_node, per_device",
+    ),
     ("node-listed-twice", lambda d: d["nodes"].append(copy.deepcopy(d["nodes"][0])), "is given twice"),
     ("world-size", lambda d: d["spec"].update(world_size=5), "spec.world_size: must be tp x pp (4), got 5"),
 ]
 
 
 @pytest.mark.parametrize(("tamper", "words"), [t[1:] for t in TAMPERS], ids=[t[0] for t in TAMPERS])
-def test_a_tampered_plan_file_is_refused(tamper: Callable[[dict[str, Any]], None], words: str) -> None:
+def test_a_tampered_plan_file_is_refused(
+    request: pytest.FixtureRequest, tamper: Callable[[dict[str, Any]], None], words: str
+) -> None:
     """Each edit is refused with the first violation named, before anything could be created."""
-    doc = fresh()
+    doc = fresh("per_device" if request.node.callspec.id.startswith("per-device:") else "per_node")
     tamper(doc)
     with pytest.raises(BadInput) as err:
         checked(doc)
     assert words in err.value.message
 
 
-def test_an_untouched_plan_file_passes() -> None:
-    """The checks accept exactly what `dpctl plan --out` writes."""
-    loaded = checked(fresh())
+@pytest.mark.parametrize("layout", ["per_node", "per_device"])
+def test_an_untouched_plan_file_passes(layout: str) -> None:
+    """The checks accept exactly what `dpctl plan --out` writes, in either layout."""
+    loaded = checked(fresh(layout))
     assert [r.nodes for r in loaded.ranks] == [("gpu-a",), ("gpu-a",), ("gpu-b",)]
+    assert loaded.spec.bundles == layout
 
 
 def test_a_node_gone_since_planning_is_refused() -> None:

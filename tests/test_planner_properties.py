@@ -90,16 +90,26 @@ def test_ranks_are_contiguous_and_start_on_the_master(request: PlanRequest) -> N
         assert local_ranks == list(range(len(local_ranks)))
 
 
-@given(roomy_requests())
-def test_each_rank_has_world_size_device_bundles_then_control(request: PlanRequest) -> None:
-    """Every rank has world_size bundles of one device, then one CPU bundle; strict and fill stay on one node."""
-    result = feasible(request)
+@given(roomy_requests(), st.sampled_from(["per_node", "per_device"]))
+def test_each_rank_has_its_devices_and_one_control_in_either_layout(request: PlanRequest, layout: str) -> None:
+    """per_device: world_size bundles of one device, then a CPU bundle; per_node: a bundle per node of the rank
+    holding its devices there, the control CPUs on the control node; strict and fill stay on one node."""
+    result = feasible(dataclasses.replace(request, spec=dataclasses.replace(request.spec, bundles=layout)))
     spec = request.spec
     for r in result.ranks:
         bundles = result.bundles(r)
-        assert len(bundles) == spec.world_size + 1
-        assert all(b.resources == ((spec.device, 1.0),) for b in bundles[:-1])
-        assert bundles[-1].resources == (("CPU", spec.cpus),)
+        if layout == "per_device":
+            assert len(bundles) == spec.world_size + 1
+            assert all(b.resources == ((spec.device, 1.0),) for b in bundles[:-1])
+            assert bundles[-1].resources == (("CPU", spec.cpus),)
+        else:
+            assert [b.node for b in bundles] == list(r.nodes)
+            assert [dict(b.resources)[spec.device] for b in bundles] == [float(d) for d in r.devices]
+            assert [dict(b.resources).get("CPU") for b in bundles] == [
+                spec.cpus if n == r.control else None for n in r.nodes
+            ]
+        assert r.control_bundle(result.spec.bundles) < len(bundles)
+        assert bundles[r.control_bundle(result.spec.bundles)].node == r.control
         if spec.pack in ("strict", "fill"):
             assert len(r.nodes) == 1
             assert {b.node for b in bundles} == {r.nodes[0]}

@@ -21,10 +21,12 @@ def identities(state: LocalState, name: str) -> dict[int, tuple[Any, ...]]:
     out = {}
     with ray_driver(state) as ray:
         for actor in ray.util.list_named_actors(all_namespaces=True):
-            if actor["name"].startswith(f"dpctl/{name}/engine-"):
+            # engine-R is rank R's host on its control node (engine-R-K hold its further nodes).
+            numbers = actor["name"].removeprefix(f"dpctl/{name}/engine-").split("-")
+            if actor["name"].startswith(f"dpctl/{name}/engine-") and len(numbers) == 1:
                 handle = ray.get_actor(actor["name"], namespace="dpctl")
                 health = ray.get(handle.health.remote(), timeout=30)
-                rank = int(actor["name"].rsplit("-", 1)[1])
+                rank = int(numbers[0])
                 out[rank] = (handle._actor_id.hex(), health.pid, health.worker_pids, health.devices, health.dp)
     return out
 
@@ -33,15 +35,14 @@ def objects_of(state: LocalState, name: str) -> list[str]:
     return sorted(o.split(" ")[1] for o in leftovers(state, name, wait=0))
 
 
-def expect_ranks(state: LocalState, name: str, dp: int) -> dict[int, tuple[Any, ...]]:
-    """The recorded size, the running engines and the placement groups all say dp ranks, each told dp."""
+def expect_ranks(state: LocalState, name: str, dp: int, nodes: int = 1) -> dict[int, tuple[Any, ...]]:
+    """The recorded size, the running hosts (one per node of a rank) and the groups all say dp ranks, each told dp."""
     status = json.loads(dpctl("status", name, "-o", "json").stdout)["deployments"][0]
     assert status["dp"] == dp
     assert [r["rank"] for r in status["ranks"]] == list(range(dp))
     assert all(r["state"] == "READY" for r in status["ranks"])
-    assert objects_of(state, name) == sorted(
-        [f"dpctl/{name}/engine-{r}" for r in range(dp)] + [f"dpctl/{name}/pg-{r}" for r in range(dp)]
-    )
+    hosts = [f"dpctl/{name}/engine-{r}" + (f"-{k}" if k else "") for r in range(dp) for k in range(nodes)]
+    assert objects_of(state, name) == sorted(hosts + [f"dpctl/{name}/pg-{r}" for r in range(dp)])
     ids = identities(state, name)
     assert sorted(ids) == list(range(dp))
     assert all(told == dp for *_, told in ids.values())
@@ -84,9 +85,9 @@ def test_span_one_to_two(live: LocalState, tmp_path: Path) -> None:
     config = demo_config(tmp_path, "wide", dp=1, tp=8, pack="span")
     assert dpctl("up", "-f", config).returncode == 0
     try:
-        one = expect_ranks(live, "wide", 1)
+        one = expect_ranks(live, "wide", 1, nodes=2)
         doc = scale("wide", 2)
-        two = expect_ranks(live, "wide", 2)
+        two = expect_ranks(live, "wide", 2, nodes=2)
         assert two[0][:4] == one[0][:4]
         ranks = doc["deployments"][0]["ranks"]
         assert len(set(ranks[0]["device_ips"]) | set(ranks[1]["device_ips"])) == 4

@@ -129,7 +129,7 @@ def test_growth_honours_the_allow_list_and_device_key() -> None:
     current = start(nodes, dp=1, tp=4, device="TPU", nodes=("t0", "t2", "t3"))
     result = step(nodes, current, 3)
     assert layout(result.plan) == ["0 0 t0", "1 0 t2", "2 0 t3"]
-    assert result.plan.bundles(result.added[0])[0].resources == (("TPU", 1.0),)
+    assert result.plan.bundles(result.added[0])[0].resources == (("TPU", 4.0), ("CPU", 1.0))
 
 
 def test_scaling_to_zero_is_bad_input() -> None:

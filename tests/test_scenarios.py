@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,22 @@ def test_scenario(path: Path) -> None:
         assert result.ranks[rank].control == node
     device = expect.get("device", request.spec.device)
     world_size = expect.get("world_size", request.spec.world_size)
+    cpus = request.spec.cpus
     for r in result.ranks:
+        # per_node: one bundle per node of the rank, the control node's holding the control CPUs too.
         bundles = result.bundles(r)
+        assert [b.node for b in bundles] == list(r.nodes)
+        assert sum(dict(b.resources).get(device, 0.0) for b in bundles) == world_size + (cpus if device == "CPU" else 0)
+        if device != "CPU":
+            assert [dict(b.resources).get("CPU") for b in bundles] == [
+                cpus if n == r.control else None for n in r.nodes
+            ]
+    # The layout changes how a rank's group is cut, never where the ranks go.
+    seed = plan(dataclasses.replace(request, spec=dataclasses.replace(request.spec, bundles="per_device")))
+    assert isinstance(seed, Plan)
+    assert seed.ranks == result.ranks
+    for r in seed.ranks:
+        bundles = seed.bundles(r)
         assert [b.resources for b in bundles[:-1]] == [((device, 1.0),)] * world_size
-        assert bundles[-1].resources == (("CPU", request.spec.cpus),)
+        assert bundles[-1].resources == (("CPU", cpus),)
         assert {b.node for b in bundles[:-1]} == set(r.nodes)

@@ -13,9 +13,7 @@ from dpctl_ray.cli.live import LiveView
 from dpctl_ray.cli.render import RANK_COLUMNS, delta_rows, delta_title, plural, table
 from dpctl_ray.cli.status_cmd import NameArg, print_document, show_statuses
 from dpctl_ray.config import Config
-from dpctl_ray.engines.base import EngineError, RankState
-from dpctl_ray.engines.loader import load_engine_class
-from dpctl_ray.engines.spec import PythonSpec
+from dpctl_ray.engines.base import RankState
 from dpctl_ray.errors import BadInput, ClusterUnreachable
 from dpctl_ray.files import load_document
 from dpctl_ray.launcher.cluster import connect
@@ -69,7 +67,7 @@ def up_command(
     config = _with_timeouts(
         config, placement=("--placement-timeout", placement_timeout), ready=("--ready-timeout", ready_timeout)
     )
-    check_engine(config)
+    config = options.resolve_engine(config)
     if planned is not None:
         if name is not None:
             planned = dataclasses.replace(planned, name=config.name)
@@ -79,20 +77,6 @@ def up_command(
             config, planned=planned, observer=LiveView(config.name), keep_on_failure=keep_on_failure, recreate=recreate
         )
         _report_up(cluster, result, output)
-
-
-def check_engine(config: Config) -> None:
-    """A python engine's class must load here and keep the contract: a config error now, not a crash on a node."""
-    if not isinstance(config.engine, PythonSpec):
-        return
-    try:
-        load_engine_class(config.engine.cls)
-    except EngineError as exc:
-        raise BadInput(
-            str(exc),
-            hint="dpctl checks the class where you run it; it must also be importable on every node",
-            code="bad_engine",
-        ) from None
 
 
 def _with_timeouts(config: Config, **flags: tuple[str, str | None]) -> Config:
@@ -171,7 +155,7 @@ def scale_command(
     address: options.Address = None,
     output: options.OutputOpt = options.Output.table,
 ) -> None:
-    """Grow or shrink a running deployment to --dp ranks; the other ranks keep running, untouched."""
+    """Grow or shrink a running deployment to --dp ranks: independent ranks keep running untouched, a group restarts."""
     if dp is None:
         raise BadInput("--dp: the new number of ranks is required", hint="e.g. dpctl scale demo --dp 4")
     config = options.resolve_config(file, address=address, placement={"dp": dp})
@@ -184,7 +168,10 @@ def scale_command(
 
 def _report_scale(cluster: Session, result: ScaleResult, output: options.Output) -> None:
     record, delta = result.record, result.delta
-    if delta is None:
+    if delta is None and result.restarted:
+        took = f" in {result.launch.elapsed:.1f}s" if result.launch else ""
+        console.info(f"{record.name}: restarted the group at {plural(len(record.ranks), 'rank')}{took}")
+    elif delta is None:
         console.info(f"{record.name} already has {plural(len(record.ranks), 'rank')}: nothing to do")
     elif result.dry_run:
         if output is not options.Output.table:
@@ -197,14 +184,22 @@ def _report_scale(cluster: Session, result: ScaleResult, output: options.Output)
                     "to": delta.after,
                     "added": [r for r in doc["ranks"] if r["rank"] in added],
                     "removed": list(delta.removed),
+                    "restart": result.restarted,
                 },
                 output,
             )
             return
         if delta.added:
-            console.print_data(table(RANK_COLUMNS, delta_rows(delta), title=delta_title(delta)))
+            console.print_data(
+                table(RANK_COLUMNS, delta_rows(delta), title=delta_title(delta, restart=result.restarted))
+            )
         else:
-            console.print_data(delta_title(delta))
+            console.print_data(delta_title(delta, restart=result.restarted))
+        if result.restarted:
+            console.info(
+                f"the ranks are group-coupled: every running rank's process restarts with dp {delta.after} "
+                "(their placement groups and devices are kept)"
+            )
         console.info("dry run: nothing changed")
         return
     else:
@@ -214,7 +209,10 @@ def _report_scale(cluster: Session, result: ScaleResult, output: options.Output)
             else f"stopped {plural(len(delta.removed), 'rank')}"
         )
         took = f" in {result.launch.elapsed:.1f}s" if result.launch else ""
-        console.info(f"{record.name}: {verb}{took}; now {plural(delta.after, 'rank')}, the others kept running")
+        if result.restarted:
+            console.info(f"{record.name}: {verb} and restarted the group at {plural(delta.after, 'rank')}{took}")
+        else:
+            console.info(f"{record.name}: {verb}{took}; now {plural(delta.after, 'rank')}, the others kept running")
         if result.untold:
             console.warn(f"ranks {', '.join(map(str, result.untold))} did not confirm the new dp size in time")
     statuses = cluster.status(record.name)
@@ -262,6 +260,6 @@ def _report_down(result: DownResult) -> None:
         console.info(f"{result.name}: nothing to remove")
         return
     console.info(
-        f"{result.name}: removed {plural(result.engines, 'engine')} (with their device workers), "
+        f"{result.name}: removed {plural(result.engines, 'engine')}, "
         f"{plural(len(result.groups), 'placement group')}" + (" and its record" if result.record else "")
     )

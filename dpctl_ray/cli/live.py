@@ -31,9 +31,9 @@ class LiveView:
         """Say what is about to be launched."""
         console.info(plan_title(plan))
 
-    def scaling(self, delta: ScalePlan) -> None:
+    def scaling(self, delta: ScalePlan, *, restart: bool) -> None:
         """Say what a scale is about to do."""
-        console.info(delta_title(delta))
+        console.info(delta_title(delta, restart=restart))
 
     def note(self, message: str) -> None:
         """Say it on stderr."""

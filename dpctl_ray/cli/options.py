@@ -19,7 +19,10 @@ from dpctl_ray.config import (
     load_config,
     placement_overrides,
 )
-from dpctl_ray.errors import ConfigError
+from dpctl_ray.engines.base import EngineError
+from dpctl_ray.engines.loader import declared_layout, load_engine_class
+from dpctl_ray.engines.spec import PythonSpec
+from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.planner import check_spec
 
 PLACEMENT = "Placement (override the config file)"
@@ -118,3 +121,32 @@ def resolve_config(
     config = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
     check_spec(config.placement, spelled)
     return config
+
+
+def resolve_engine(config: Config) -> Config:
+    """The config with its engine checked where dpctl runs, and the bundle layout a python engine asks for.
+
+    A python engine's class must load and keep the contract here: a config error now, not a crash on a node.
+    The layout it declares (`dpctl_bundles`) is the one it gets; asking for another is bad input.
+    """
+    if not isinstance(config.engine, PythonSpec):
+        return config
+    try:
+        layout = declared_layout(load_engine_class(config.engine.cls))
+    except EngineError as exc:
+        raise BadInput(
+            str(exc),
+            hint="dpctl checks the class where you run it; it must also be importable on every node",
+            code="bad_engine",
+        ) from None
+    asked = config.placement.bundles
+    if layout is None or asked == layout:
+        return config
+    if asked is not None:
+        key = config.spelled.get("bundles", "placement.bundles")
+        raise BadInput(
+            f"{key}: {config.engine.cls} needs {layout} bundles (its dpctl_bundles), not {asked}",
+            hint=f"leave {key} out, or set it to {layout}",
+            code="bad_engine",
+        )
+    return dataclasses.replace(config, placement=dataclasses.replace(config.placement, bundles=layout))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,14 +12,18 @@ from dpctl_ray.cli import console, options
 from dpctl_ray.cli.explain import SKIP_COLUMNS, skip_rows, worth_showing
 from dpctl_ray.cli.render import (
     RANK_COLUMNS,
+    Column,
     node_columns,
     node_rows,
     plan_title,
     rank_rows,
+    short_ids,
     summarised_nodes,
     table,
 )
 from dpctl_ray.config import Config
+from dpctl_ray.engines.processes import Command, Granted, commands, master_port
+from dpctl_ray.engines.spec import CommandSpec, EngineSpec
 from dpctl_ray.errors import BadInput
 from dpctl_ray.files import dump_yaml, load_document
 from dpctl_ray.planner import Node, Plan, PlanRequest, feasible, plan
@@ -50,25 +55,117 @@ def plan_command(
         typer.Option("--out", help="Also write the plan document here, for `dpctl up --plan`.", metavar="FILE"),
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="Show every rank and node, however many.")] = False,
+    command_lines: Annotated[
+        bool, typer.Option("--commands", help="Show each process's whole command line and environment.")
+    ] = False,
     *,
     placement: dict[str, object],
 ) -> None:
-    """Show where every DP rank would go: node and devices per rank. Touches no GPU."""
+    """Show where every DP rank would go: node and devices per rank, and what runs where. Touches no GPU."""
     config = options.resolve_config(file, name=name, address=address, placement=placement)
+    config = options.resolve_engine(config)
     snapshot = load_inventory(inventory) if inventory is not None else live_nodes(config)
     result = feasible(plan(PlanRequest(config.name, config.placement, snapshot, config.spelled)))
     for warning in result.warnings:
         console.warn(warning)
-    text = plan_json(result) if (output is options.Output.json or out) else None
+    procs = dry_run(result, config.engine)
+    extra = {"processes": [process_document(result, c) for c in procs]} if procs else None
+    text = plan_json(result, extra) if (output is options.Output.json or out) else None
     if out and text is not None:
         write_file(out, text)
         console.info(f"wrote {out} (cluster fingerprint {result.fingerprint}); apply it with `dpctl up --plan {out}`")
     if output is options.Output.json and text is not None:
         console.write_stdout(text)
     elif output is options.Output.yaml:
-        console.write_stdout(plan_yaml(result))
+        console.write_stdout(plan_yaml(result, extra))
     else:
         show_plan(result, full=full)
+        if procs:
+            show_processes(result, procs, full=full, whole=command_lines)
+
+
+def dry_run(result: Plan, engine: EngineSpec) -> list[Command]:
+    """A command engine's processes as they would start: launch-only values (device ids, free ports) as <...>."""
+    if not isinstance(engine, CommandSpec):
+        return []
+    return commands(result, engine, Granted({}, {}), master_port(result.name, engine.master_port))
+
+
+def process_document(result: Plan, command: Command) -> dict[str, object]:
+    """One process as the plan and status documents list it."""
+    ips = {n.id: n.ip for n in result.nodes}
+    slot = command.slot
+    return {
+        "node": slot.node,
+        "ip": ips.get(slot.node, ""),
+        "ranks": list(slot.ranks),
+        "api": slot.api,
+        "argv": list(command.argv),
+        "env": dict(command.env),
+    }
+
+
+def show_processes(result: Plan, procs: list[Command], *, full: bool, whole: bool) -> None:
+    """The processes, compactly (node, ranks, role, the start of the command line), or each in full."""
+    ips = {n.id: n.ip for n in result.nodes}
+    names = short_ids(n.id for n in result.nodes)
+    if whole:
+        for c in procs:
+            role = "serves" if c.slot.api else "headless"
+            console.print_data(
+                f"# {names[c.slot.node]} ({ips.get(c.slot.node, '')}), ranks {_ranks(c.slot.ranks)}, {role}"
+            )
+            env = " ".join(f"{k}={shlex.quote(v)}" for k, v in c.env)
+            console.print_data((f"{env} " if env else "") + shlex.join(c.argv))
+        return
+    # The arguments every process shares say little: show the program, then what sets each process apart.
+    argvs = [c.argv for c in procs]
+    distinct = _distinct(argvs) if len(procs) > 1 else [list(c.argv[3:]) for c in procs]
+    placed = {(r.rank, n): count for r in result.ranks for n, count in zip(r.nodes, r.devices, strict=True)}
+    device = result.spec.device
+    rows = [
+        (
+            names[c.slot.node],
+            ips.get(c.slot.node, ""),
+            _ranks(c.slot.ranks),
+            f"{sum(placed[(r, c.slot.node)] for r in c.slot.ranks)} {device}",
+            "serves" if c.slot.api else "headless",
+            shlex.join(c.argv[:3]) + (" … " + shlex.join(rest) if rest else ""),
+        )
+        for c, rest in list(zip(procs, distinct, strict=True))[: None if full else TABLE_LIMIT]
+    ]
+    title = f"processes ({len(procs)}; --commands shows each command line and environment in full)"
+    console.print_data(table(PROCESS_COLUMNS, rows, title=title, total=len(procs), what="processes"))
+
+
+def _ranks(ranks: tuple[int, ...]) -> str:
+    return ",".join(map(str, ranks))
+
+
+def _distinct(argvs: list[tuple[str, ...]]) -> list[list[str]]:
+    """Per argv, the arguments where the argvs differ, each value with its flag, in order."""
+    width = max(len(a) for a in argvs)
+    differ = [i for i in range(width) if len({a[i] if i < len(a) else None for a in argvs}) > 1]
+    out = []
+    for argv in argvs:
+        keep = set()
+        for i in differ:
+            if i < len(argv):
+                keep.add(i)
+                if i > 0 and argv[i - 1].startswith("-") and not argv[i].startswith("-"):
+                    keep.add(i - 1)
+        out.append([argv[i] for i in sorted(keep)])
+    return out
+
+
+PROCESS_COLUMNS = (
+    Column("node"),
+    Column("ip"),
+    Column("ranks"),
+    Column("devices"),
+    Column("role"),
+    Column("command"),
+)
 
 
 def show_plan(result: Plan, *, full: bool) -> None:

@@ -48,16 +48,14 @@ def short_ids(ids: Iterable[str], minimum: int = 8) -> dict[str, str]:
 
 
 def plan_title(plan: Plan) -> str:
-    """One line saying what the plan is."""
+    """One line saying what the plan is (the nodes table marks the master)."""
     s = plan.spec
-    master = next(n for n in plan.nodes if n.id == s.master)
-    short = short_ids([master.id])[master.id]
     shape = f"TP {s.tp}" + (f" x PP {s.pp}" if s.pp > 1 else "")
     nodes_used = len({n for r in plan.ranks for n in r.nodes})
     return (
         f"{plan.name}: {s.dp} rank{'s' if s.dp != 1 else ''} of {shape} "
         f"({s.dp * s.world_size} {s.device} on {nodes_used} node{'s' if nodes_used != 1 else ''}), "
-        f"pack {s.pack}, dp_local {s.dp_local}, master {short} ({master.ip})"
+        f"pack {s.pack}, dp_local {s.dp_local}, bundles {s.bundles}"
     )
 
 
@@ -313,15 +311,20 @@ def status_title(s: DeploymentStatus) -> str:
     shape = f"TP {spec.tp}" + (f" x PP {spec.pp}" if spec.pp > 1 else "")
     busy = f"; `dpctl {s.busy['command']}` in progress" if s.busy else ""
     state = s.record.state.value
-    return f"{s.name}: {plural(spec.dp, 'rank')} of {shape}, pack {spec.pack}, {state}: {states}{busy}"
+    group = ", group-coupled" if s.record.engine.coupling == "group" else ""
+    return (
+        f"{s.name}: {plural(spec.dp, 'rank')} of {shape}, pack {spec.pack}, bundles {spec.bundles}{group}, "
+        f"{state}: {states}{busy}"
+    )
 
 
-def delta_title(delta: ScalePlan) -> str:
-    """One line saying what a scale does."""
+def delta_title(delta: ScalePlan, *, restart: bool) -> str:
+    """One line saying what a scale does: to the ranks it adds or stops, and to the others."""
     changed = delta.removed or tuple(r.rank for r in delta.added)
     verb = "stop" if delta.removed else "add"
     ranks = f"rank{'s' if len(changed) != 1 else ''} {', '.join(map(str, changed))}"
-    return f"{delta.name}: dp {delta.before} -> {delta.after}: {verb} {ranks}; the others keep running"
+    others = "restart every running rank (group coupling)" if restart else "the others keep running"
+    return f"{delta.name}: dp {delta.before} -> {delta.after}: {verb} {ranks}; {others}"
 
 
 def delta_rows(delta: ScalePlan) -> list[tuple[str, ...]]:

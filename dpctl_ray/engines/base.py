@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class EngineError(Exception):
@@ -43,6 +43,9 @@ class EngineContext:
     tp: int = 1
     pp: int = 1
     log_path: str = ""  # this rank's log file on its node
+    # per_device: the Ray actor holding each device, in `devices` order. `worker.run.remote(fn, *args)` runs
+    # fn in that device's own process, which sees only its device (the seed's one worker per device).
+    workers: tuple[Any, ...] = ()
 
     def log(self, line: str) -> None:
         """Append a timestamped line to this rank's log (what `dpctl logs` shows)."""
@@ -104,3 +107,9 @@ class HostReport:
     port: int
     process_pid: int | None  # a command engine's process
     log_path: str
+    rank: int = 0
+    node_index: int = 0  # which node of the rank this host holds
+    serves: tuple[int, ...] = ()  # the ranks its work (engine or process) serves; () while it runs none
+    argv: tuple[str, ...] = ()  # its process's command line and environment additions
+    env: tuple[tuple[str, str], ...] = ()
+    api: bool = False  # its process serves (it is not headless)

@@ -1,4 +1,4 @@
-"""The command engine: one real process per rank (e.g. `vllm serve`), on the rank's node, on its granted devices."""
+"""A command engine's process on its node (e.g. `vllm serve`): started, watched until ready, stopped by its group."""
 
 from __future__ import annotations
 
@@ -14,24 +14,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from dpctl_ray.engines.base import EngineContext, EngineError, Health, Progress
-from dpctl_ray.engines.placeholders import placeholder_values
-from dpctl_ray.engines.spec import CommandSpec
+from dpctl_ray.engines.base import EngineError, Health, Progress
+from dpctl_ray.engines.work import ProcessWork
 
 POLL_SECONDS = 0.1
-TAIL_LINES = 8
+TAIL_LINES = 6
+TAIL_WIDTH = 120  # an error is one line of at most 1000 characters: the last log lines must fit in it
 _OWN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d dpctl: ")  # what the host writes, not the process
-
-# The device visibility variable per Ray resource key; `engine.visible_devices_env` overrides it.
-VISIBLE_DEVICES_ENV = {
-    "GPU": "CUDA_VISIBLE_DEVICES",
-    "TPU": "TPU_VISIBLE_CHIPS",
-    "NPU": "ASCEND_RT_VISIBLE_DEVICES",
-    "HPU": "HABANA_VISIBLE_MODULES",
-    "neuron_cores": "NEURON_RT_VISIBLE_CORES",
-}
 
 # Run the command through a two-line exec shim that asks Linux to SIGKILL it when the thread that
 # started it dies: if the engine actor is killed outright, its process does not outlive it.
@@ -43,65 +35,48 @@ _DIE_WITH_PARENT = (
 )
 
 
-def render(spec: CommandSpec, ctx: EngineContext) -> tuple[list[str], dict[str, str]]:
-    """The argv and the environment additions of a rank's process (the device variable included)."""
-    values = placeholder_values(ctx)
-    argv = [arg.format_map(values) for arg in spec.argv]
-    env = {key: value.format_map(values) for key, value in spec.env}
-    variable = spec.visible_devices_env or VISIBLE_DEVICES_ENV.get(ctx.device)
-    if variable:
-        env[variable] = values["devices"]
-    return argv, env
-
-
 class CommandEngine:
-    """Starts the rank's process, waits for its readiness check, and stops it with SIGTERM then SIGKILL."""
+    """Runs one rendered process: starts it, waits for its readiness check, stops it with SIGTERM then SIGKILL."""
 
-    def __init__(self, spec: CommandSpec) -> None:
-        if spec.ready is None:
-            raise EngineError("engine.ready: required for engine.kind command")
-        self.spec = spec
-        self.ready_kind, self.ready_target = spec.ready.kind, spec.ready.target
-        self.progress_pattern = re.compile(spec.progress) if spec.progress else None
-        self.stop_grace = spec.stop_grace
+    def __init__(self, work: ProcessWork, log_path: str, node_ip: str) -> None:
+        self.work = work
+        self.progress_pattern = re.compile(work.spec.progress) if work.spec.progress else None
+        self.stop_grace = work.spec.stop_grace
+        self.log_path = log_path
+        self.node_ip = node_ip
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
-        self.log_path = ""
-        self.port = 0
-        self.argv: list[str] = []
         self.proc_log_start = 0
         self._waiter: threading.Thread | None = None
 
-    def start(self, ctx: EngineContext, progress: Progress) -> None:
-        """Start the process; return when its readiness check passes, raise if it exits first."""
-        self.log_path = ctx.log_path
-        self.port = ctx.port
-        argv, extra_env = render(self.spec, ctx)
-        self.argv = argv
-        env = {**os.environ, **extra_env}
+    def start(self, log: Callable[[str], None], progress: Progress) -> None:
+        """Start the process; return when its readiness check passes (at once when headless), raise if it exits."""
+        argv, extra_env = list(self.work.argv), dict(self.work.env)
+        env = {key: value for key, value in os.environ.items() if key not in self.work.unset}
+        env.update(extra_env)
         program = shutil.which(argv[0], path=env.get("PATH"))
         if program is None:
-            raise EngineError(f"engine.argv[0]: {argv[0]!r} not found on node {ctx.node_ip} (PATH={env.get('PATH')})")
-        ctx.log(f"dpctl: starting {' '.join(argv)}")
+            raise EngineError(f"engine.argv[0]: {argv[0]!r} not found on node {self.node_ip} (PATH={env.get('PATH')})")
+        log(f"dpctl: starting {' '.join(argv)}" + (" (headless)" if self.work.ready is None else ""))
         for key in sorted(extra_env):
-            ctx.log(f"dpctl:   {key}={extra_env[key]}")
-        self._spawn(argv, env, self.spec.cwd or None)
-        values = placeholder_values(ctx)
-        target = self.ready_target if self.ready_kind == "log" else self.ready_target.format_map(values)
-        pattern = re.compile(target) if self.ready_kind == "log" else None
+            log(f"dpctl:   {key}={extra_env[key]}")
+        self._spawn(argv, env, self.work.spec.cwd or None)
+        ready = self.work.ready
+        pattern = re.compile(ready.target) if ready is not None and ready.kind == "log" else None
         offset = self.proc_log_start
         while True:
             text, offset = _read_from(self.log_path, offset)
             lines = text.splitlines()
             self._report(lines, progress)
-            if pattern is not None and any(pattern.search(line) for line in lines):
+            matched = pattern is not None and any(pattern.search(line) for line in lines)
+            if (ready is None or matched) and self.returncode is None:
                 return
             if self.returncode is not None:
                 raise EngineError(
                     f"`{argv[0]}` exited with code {self.returncode} before it was ready; "
                     f"last log lines ({self.log_path}):\n{self.tail()}"
                 )
-            if pattern is None and _check(self.ready_kind, target):
+            if ready is not None and pattern is None and _check(ready.kind, ready.target):
                 return
             time.sleep(POLL_SECONDS)
 
@@ -155,20 +130,25 @@ class CommandEngine:
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         """The last lines of the rank's log, indented for an error message."""
-        return "\n".join(f"    | {line}" for line in tail_lines(self.log_path, lines))
+        last = tail_lines(self.log_path, lines, self.proc_log_start)
+        return "\n".join(f"    | {_cut(line)}" for line in last)
 
     def health(self) -> Health:
         """Serving while the process runs; failed with its exit code and log tail once it has exited."""
         if self.proc is None:
             return Health(ok=False, detail="not started")
         if self.returncode is None and self.proc.poll() is None:
-            return Health(ok=True, detail=f"pid {self.proc.pid}, port {self.port}")
+            role = "headless" if self.work.ready is None else "serving"
+            return Health(ok=True, detail=f"pid {self.proc.pid}, {role}, ranks {_ranks(self.work.ranks)}")
         code = self.returncode if self.returncode is not None else self.proc.returncode
-        last = " | ".join(tail_lines(self.log_path, 3))
+        last = " | ".join(tail_lines(self.log_path, 3, self.proc_log_start))
         return Health(ok=False, detail=f"process exited with code {code}; last log: {last}")
 
-    def set_dp(self, dp: int) -> None:
-        """A process learns its dp size from its argv at start; nothing to tell it now."""
+    def wait(self) -> int:
+        """Block until the process exits; its exit code."""
+        if self._waiter is not None:
+            self._waiter.join()
+        return self.returncode if self.returncode is not None else -1
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after the grace period; return when it is gone."""
@@ -189,6 +169,14 @@ class CommandEngine:
     def pid(self) -> int | None:
         """The process's pid, once started."""
         return self.proc.pid if self.proc else None
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= TAIL_WIDTH else line[: TAIL_WIDTH - 1] + "…"
+
+
+def _ranks(ranks: tuple[int, ...]) -> str:
+    return ",".join(map(str, ranks))
 
 
 def _check(kind: str, target: str) -> bool:
@@ -218,13 +206,13 @@ def _read_from(path: str, offset: int) -> tuple[str, int]:
     return data[:cut].decode(errors="replace"), offset + cut
 
 
-def tail_lines(path: str, lines: int) -> list[str]:
-    """The last `lines` lines of a file (reading at most its last 64 KiB)."""
+def tail_lines(path: str, lines: int, start: int = 0) -> list[str]:
+    """The last `lines` lines of a file after offset `start` (reading at most its last 64 KiB)."""
     try:
         with open(path, "rb") as f:  # noqa: PTH123
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(size - 65536, 0))
+            f.seek(max(size - 65536, start))
             data = f.read()
     except OSError:
         return []

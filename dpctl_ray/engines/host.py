@@ -1,50 +1,42 @@
-"""The actors on the cluster: one engine host per rank on its control bundle, one device worker per device bundle."""
+"""The actors on the cluster: one engine host per rank per node it spans, holding the rank's devices there.
+
+A host is created on its bundle and holds its devices from then on: in the per_node layout Ray grants them
+to the host itself, in per_device to one device worker per bundle. The launcher then gives it work: a
+rank's engine (demo, python) or a rendered process; `start` blocks until that is ready, `stop` ends it and
+keeps the devices (a group restarts its processes on the hosts it already has).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from dpctl_ray.engines.base import Engine, EngineContext, EngineError, HostReport, RankState
+from dpctl_ray.engines.base import Engine, EngineError, HostReport, RankState
+from dpctl_ray.engines.command import CommandEngine
 from dpctl_ray.engines.loader import load_engine_class
 from dpctl_ray.engines.protocol import Phase
 from dpctl_ray.engines.report import StreamReporter
-from dpctl_ray.engines.spec import CommandSpec, DemoSpec, EngineSpec, PythonSpec
+from dpctl_ray.engines.spec import DemoSpec, PythonSpec
+from dpctl_ray.engines.work import EngineWork, HostInfo, HostSpec, ProcessWork, Work
 
 
-@dataclass(frozen=True, slots=True)
-class RankLaunch:
-    """What the launcher tells one rank's host: who it is, its peers, and where to report."""
-
-    deployment: str
-    token: str
-    stream: str | None  # tcp://ip:port of the launcher's readiness socket, if any
-    rank: int
-    local_rank: int
-    dp: int
-    dp_local: int
-    world_size: int
-    device: str
-    master_ip: str
-    master_port: int
-    tp: int = 1
-    pp: int = 1
-
-
-def log_path(log_dir: str, deployment: str, rank: int) -> str:
-    """Where a rank's log lives on its node."""
-    return str(Path(log_dir) / deployment / f"rank-{rank}.log")
+def log_path(log_dir: str, deployment: str, rank: int, node_index: int = 0) -> str:
+    """Where a host's log lives on its node: rank-R.log, or rank-R-node-K.log for a rank's further nodes."""
+    name = f"rank-{rank}.log" if node_index == 0 else f"rank-{rank}-node-{node_index}.log"
+    return str(Path(log_dir) / deployment / name)
 
 
 class DeviceWorker:
-    """Holds one device bundle, as vLLM's workers do: the device ids it reports are the ones Ray granted."""
+    """Holds one device bundle (the per_device layout): the device ids it reports are the ones Ray granted."""
 
     def __init__(self, device: str) -> None:
         self._device = device
@@ -52,103 +44,63 @@ class DeviceWorker:
     def info(self) -> dict[str, Any]:
         """Granted device ids, node and process of this worker."""
         context = ray.get_runtime_context()
-        return {
-            "ids": [str(i) for i in context.get_accelerator_ids().get(self._device, [])],
-            "node": context.get_node_id(),
-            "ip": ray.util.get_node_ip_address(),
-            "pid": os.getpid(),
-        }
+        return {"ids": [str(i) for i in context.get_accelerator_ids().get(self._device, [])], "pid": os.getpid()}
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run an engine's function in this device's process (a per_device python engine's own work)."""
+        return fn(*args, **kwargs)
 
 
 RemoteDeviceWorker: Any = ray.remote(DeviceWorker)
 
 
-def make_engine(spec: EngineSpec) -> Engine:
-    """The engine a config's `engine:` section describes."""
+def make_engine(spec: DemoSpec | PythonSpec) -> Engine:
+    """The engine a demo or python `engine:` section describes."""
     if isinstance(spec, DemoSpec):
-        from dpctl_ray.engines.demo import DemoEngine  # noqa: PLC0415
+        from dpctl_ray.engines.demo import DemoEngine  # noqa: PLC0415 - only the kind that runs is imported
 
         return DemoEngine(init_seconds=spec.init_seconds, fail_ranks=spec.fail_ranks)
-    if isinstance(spec, CommandSpec):
-        from dpctl_ray.engines.command import CommandEngine  # noqa: PLC0415
-
-        return CommandEngine(spec)
-    if isinstance(spec, PythonSpec):
-        cls = load_engine_class(spec.cls)
-        try:
-            engine: Engine = cls(**dict(spec.args))
-        except TypeError as exc:
-            raise EngineError(f"engine.args: {spec.cls} does not take these arguments: {exc}") from None
-        return engine
-    raise EngineError(f"engine.kind: unknown kind {spec.kind!r}")
+    cls = load_engine_class(spec.cls)
+    try:
+        engine: Engine = cls(**dict(spec.args))
+    except TypeError as exc:
+        raise EngineError(f"engine.args: {spec.cls} does not take these arguments: {exc}") from None
+    return engine
 
 
 class EngineHost:
-    """One rank: starts its device workers, then its engine, reporting each phase; answers health afterwards.
+    """One rank's devices on one node, and the work the launcher runs there."""
 
-    The engine starts inside __init__, so a failed start is an actor that died in __init__, which Ray reports
-    to the launcher at once, with the engine's own exception as the cause.
-    """
-
-    def __init__(self, launch: RankLaunch, engine: EngineSpec, placement_group: Any) -> None:
-        self.launch = launch
-        self.state = RankState.STARTING
-        self.since = time.time()
-        self.detail = ""
-        self.dp = launch.dp
+    def __init__(self, spec: HostSpec, placement_group: Any) -> None:
+        self.spec = spec
         context = ray.get_runtime_context()
         self.node = context.get_node_id()
         self.ip = ray.util.get_node_ip_address()
-        self.devices: tuple[str, ...] = ()
-        self.device_ips: tuple[str, ...] = ()
-        self.worker_pids: tuple[int, ...] = ()
-        self.log_path = log_path(engine.log_dir, launch.deployment, launch.rank)
+        self.log_path = log_path(spec.log_dir, spec.deployment, spec.rank, spec.node_index)
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
-        self.port = engine.base_port + launch.local_rank if engine.base_port else _free_port(self.ip)
-        self._reporter = StreamReporter(launch.stream, launch.deployment, launch.token, launch.rank)
-        self._reporter.send(Phase.STARTING, "engine actor up", node=self.node, ip=self.ip)
-        self.ctx: EngineContext | None = None
-        try:
-            self.workers = self._start_workers(placement_group)
-            self.ctx = EngineContext(
-                deployment=launch.deployment,
-                rank=launch.rank,
-                local_rank=launch.local_rank,
-                dp=launch.dp,
-                dp_local=launch.dp_local,
-                world_size=launch.world_size,
-                device=launch.device,
-                devices=self.devices,
-                device_ips=self.device_ips,
-                node_id=self.node,
-                node_ip=self.ip,
-                master_ip=launch.master_ip,
-                master_port=launch.master_port,
-                port=self.port,
-                tp=launch.tp,
-                pp=launch.pp,
-                log_path=self.log_path,
-            )
-            self.ctx.log(
-                f"dpctl: rank {launch.rank} of {launch.dp} ({launch.deployment}) on {self.ip}, "
-                f"devices {','.join(self.devices) or '-'}, port {self.port}"
-            )
-            self.engine = make_engine(engine)
-            self.engine.start(self.ctx, self._reporter)
-        except BaseException as exc:
-            message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-            if self.ctx is not None:
-                self.ctx.log(f"dpctl: failed to start: {message}")
-            self._reporter.send(Phase.FAILED, message)
-            self._reporter.close()
-            raise
-        self.state = RankState.READY
+        self.port = spec.base_port + spec.local_rank if spec.base_port else _free_port(self.ip)
+        self.reporter = StreamReporter(spec.stream, spec.deployment, spec.token, spec.rank)
+        self.workers: list[Any] = []
+        self.worker_pids: tuple[int, ...] = ()
+        if spec.layout == "per_device":
+            self.devices = self._start_workers(placement_group)
+        else:
+            self.devices = tuple(str(i) for i in context.get_accelerator_ids().get(spec.device, []))
+        self.state = RankState.STARTING
         self.since = time.time()
-        self.ctx.log("dpctl: ready")
-        self._reporter.send(Phase.READY, devices=self.devices, node=self.node, ip=self.ip)
+        self.detail = "placed"
+        self.dp = 0
+        self.work: Work | None = None
+        self.engine: Engine | None = None
+        self.process: CommandEngine | None = None
+        self._lock = threading.Lock()
+        self.log(
+            f"dpctl: rank {spec.rank}, node {spec.node_index} on {self.ip}: devices {','.join(self.devices) or '-'}"
+        )
+        self.reporter.send(Phase.PLACED, "devices held", devices=self.devices, node=self.node, ip=self.ip)
 
-    def _start_workers(self, placement_group: Any) -> list[Any]:
-        device = self.launch.device
+    def _start_workers(self, placement_group: Any) -> tuple[str, ...]:
+        device = self.spec.device
         options: dict[str, Any] = {"num_cpus": 0}
         if device == "GPU":
             options["num_gpus"] = 1
@@ -156,37 +108,94 @@ class EngineHost:
             options["num_cpus"] = 1
         else:
             options["resources"] = {device: 1}
-        workers = [
+        self.workers = [
             RemoteDeviceWorker.options(
                 **options,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i),
             ).remote(device)
-            for i in range(self.launch.world_size)
+            for i in self.spec.device_bundles
         ]
-        infos = ray.get([w.info.remote() for w in workers])
-        self.devices = tuple(i["ids"][0] if i["ids"] else "" for i in infos)
-        self.device_ips = tuple(i["ip"] for i in infos)
+        infos = ray.get([w.info.remote() for w in self.workers])
         self.worker_pids = tuple(i["pid"] for i in infos)
-        self._reporter.send(Phase.PLACED, "device workers up", devices=self.devices, node=self.node, ip=self.ip)
-        return workers
+        return tuple(i["ids"][0] if i["ids"] else "" for i in infos)
 
-    def ready(self) -> HostReport:
-        """Returns once the engine serves (Ray runs this after __init__); raises if __init__ failed."""
+    def log(self, line: str) -> None:
+        """Append a timestamped line to this host's log (what `dpctl logs` shows)."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.log_path, "a", encoding="utf-8") as f:  # noqa: PTH123
+            f.write(f"{stamp} {line}\n")
+
+    def info(self) -> HostInfo:
+        """What the launcher needs to render work: node, ip, granted device ids, port."""
+        return HostInfo(
+            rank=self.spec.rank,
+            node_index=self.spec.node_index,
+            node=self.node,
+            ip=self.ip,
+            devices=self.devices,
+            port=self.port,
+            pid=os.getpid(),
+            worker_pids=self.worker_pids,
+            log_path=self.log_path,
+            workers=tuple(self.workers),
+        )
+
+    def start(self, work: Work, stream: str | None, token: str) -> HostReport:
+        """Run `work` here and return once it is ready; raise EngineError (with the engine's words) if it fails.
+
+        `stream` and `token` are the readiness socket of the launch that starts it (a group restart is a later
+        launch than the one that created the host).
+        """
+        if (stream, token) != (self.reporter.address, self.reporter.token):
+            self.reporter.close()
+            self.reporter = StreamReporter(stream, self.spec.deployment, token, self.spec.rank)
+        with self._lock:
+            self.work, self.state, self.detail = work, RankState.STARTING, "starting"
+            self.dp = work.dp if isinstance(work, ProcessWork) else work.ctx.dp
+        self.reporter.send(Phase.STARTING, "starting", devices=self.devices, node=self.node, ip=self.ip)
+        try:
+            if isinstance(work, EngineWork):
+                ctx = dataclasses.replace(work.ctx, log_path=self.log_path)
+                engine = make_engine(work.spec)
+                self.engine = engine
+                engine.start(ctx, self.reporter)
+            else:
+                self.process = CommandEngine(work, self.log_path, self.ip)
+                self.process.start(self.log, self.reporter)
+        except Exception as exc:  # noqa: BLE001 - whatever an engine raises fails its rank, in its own words
+            message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+            self.log(f"dpctl: failed to start: {message}")
+            self.state, self.detail, self.since = RankState.FAILED, message, time.time()
+            self.reporter.send(Phase.FAILED, message)
+            raise EngineError(message) from None
+        self.state, self.since = RankState.READY, time.time()
+        self.log("dpctl: ready")
+        self.reporter.send(Phase.READY, devices=self.devices, node=self.node, ip=self.ip)
         return self.health()
 
+    def wait_exit(self) -> int:
+        """Block until this host's process exits; its exit code (the launcher watches headless processes so)."""
+        return self.process.wait() if self.process is not None else 0
+
     def health(self) -> HostReport:
-        """State, devices and node of this rank, with the engine's own health."""
+        """State, devices and node of this host, with its work's own health."""
+        health = None
         if self.state is RankState.READY:
-            health = self.engine.health()
-            if not health.ok:
-                self.state, self.detail, self.since = RankState.FAILED, health.detail, time.time()
-            else:
+            if self.engine is not None:
+                health = self.engine.health()
+            elif self.process is not None:
+                health = self.process.health()
+        if health is not None:
+            if health.ok:
                 self.detail = health.detail
+            else:
+                self.state, self.detail, self.since = RankState.FAILED, health.detail, time.time()
+        work = self.work
         return HostReport(
             state=self.state,
             detail=self.detail,
             devices=self.devices,
-            device_ips=self.device_ips,
+            device_ips=(self.ip,) * len(self.devices),
             node=self.node,
             ip=self.ip,
             since=self.since,
@@ -194,28 +203,37 @@ class EngineHost:
             pid=os.getpid(),
             worker_pids=self.worker_pids,
             port=self.port,
-            process_pid=getattr(self.engine, "pid", None),
+            process_pid=self.process.pid if self.process is not None else None,
             log_path=self.log_path,
+            rank=self.spec.rank,
+            node_index=self.spec.node_index,
+            serves=work.ranks if isinstance(work, ProcessWork) else ((self.spec.rank,) if work else ()),
+            argv=work.argv if isinstance(work, ProcessWork) else (),
+            env=work.env if isinstance(work, ProcessWork) else (),
+            api=isinstance(work, ProcessWork) and work.ready is not None,
         )
 
     def set_dp(self, dp: int) -> None:
-        """Tell the engine the deployment's new size."""
+        """Tell a rank's engine the deployment's new size (independent ranks keep running)."""
         self.dp = dp
-        self.engine.set_dp(dp)
-        if self.ctx is not None:
-            self.ctx.log(f"dpctl: the deployment now has {dp} ranks")
+        if self.engine is not None:
+            self.engine.set_dp(dp)
+        self.log(f"dpctl: the deployment now has {dp} ranks")
 
     def stop(self) -> None:
-        """Stop the engine (and any process it runs); its workers go with this actor."""
-        self.engine.stop()
-        if self.ctx is not None:
-            self.ctx.log("dpctl: stopped")
-        self._reporter.close()
+        """End this host's work (a process gets SIGTERM, then SIGKILL); the devices stay held."""
+        if self.engine is not None:
+            self.engine.stop()
+        if self.process is not None:
+            self.process.stop()
+        self.engine, self.process, self.work = None, None, None
+        self.state, self.detail = RankState.STARTING, "stopped"
+        self.log("dpctl: stopped")
 
 
 @ray.remote(num_cpus=0)
 def read_log(path: str, offset: int, limit: int, tail: int | None) -> tuple[str, int]:
-    """Read a rank's log on its node: `tail` last lines (from the end), or up to `limit` bytes from `offset`."""
+    """Read a log on its node: `tail` last lines (from the end), or up to `limit` bytes from `offset`."""
     try:
         with open(path, "rb") as f:  # noqa: PTH123
             f.seek(0, os.SEEK_END)

@@ -6,6 +6,7 @@ import importlib
 import inspect
 
 from dpctl_ray.engines.base import REQUIRED_METHODS, EngineError
+from dpctl_ray.planner.model import LAYOUTS, Layout
 
 
 def load_engine_class(path: str) -> type:
@@ -27,3 +28,13 @@ def load_engine_class(path: str) -> type:
             f" (an engine needs {', '.join(REQUIRED_METHODS)})"
         )
     return cls
+
+
+def declared_layout(cls: type) -> Layout | None:
+    """The bundle layout an engine class needs (`dpctl_bundles = "per_device"`), if it declares one."""
+    layout = getattr(cls, "dpctl_bundles", None)
+    if layout is not None and layout not in LAYOUTS:
+        raise EngineError(
+            f"engine.class: {cls.__name__}.dpctl_bundles must be one of {', '.join(LAYOUTS)}, got {layout!r}"
+        )
+    return layout

@@ -13,6 +13,7 @@ class StreamReporter:
     """Pushes phase frames for one rank of one launch; without an address (or ZMQ) it only remembers the last."""
 
     def __init__(self, address: str | None, deployment: str, token: str, rank: int) -> None:
+        self.address = address
         self.deployment = deployment
         self.token = token
         self.rank = rank

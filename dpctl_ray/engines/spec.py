@@ -9,21 +9,17 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from dpctl_ray import values
-from dpctl_ray.engines.placeholders import check_template
+from dpctl_ray.engines.processes import ReadyCheck, check_template
 from dpctl_ray.errors import ConfigError
 
 LOG_DIR = "/tmp/dpctl-logs"  # noqa: S108 - a per-node scratch dir, like Ray's own /tmp/ray
 
-
-@dataclass(frozen=True, slots=True)
-class ReadyCheck:
-    """When a command engine counts as ready: a log line matching, an HTTP 2xx, or a TCP port open."""
-
-    kind: str  # log | http | tcp
-    target: str  # a regex, a URL or a port, the last two templated
+Coupling = Literal["independent", "group"]
+ProcessLayout = Literal["per_rank", "per_node"]
+Api = Literal["all", "first"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +31,9 @@ class EngineSpec:
     log_dir: str = LOG_DIR
     base_port: int = 0  # {port} = base_port + local_rank; 0: a free port per rank
     master_port: int = 0  # {master_port}; 0: derived from the deployment name
+    # independent: a rank is added, removed or replaced alone; group: the ranks start together and restart
+    # together when the size changes or one is replaced (MoE data parallelism: rank 0 waits for every rank).
+    coupling: Coupling = "independent"
 
     def stop_seconds(self) -> float:
         """Seconds an engine gets to stop before it is killed (only a command's process needs any)."""
@@ -73,9 +72,14 @@ class CommandSpec(EngineSpec):
     env: tuple[tuple[str, str], ...] = ()
     ready: ReadyCheck | None = None
     progress: str = ""  # regex: matching log lines are progress (a `pct` group gives the percentage)
-    visible_devices_env: str = ""  # default by device key: CUDA_VISIBLE_DEVICES for GPU, ...
+    # The variable that lists a process's devices; "" picks it by device key (CUDA_VISIBLE_DEVICES for GPU),
+    # "none" sets none (pass {devices} on the command line instead, as vLLM's --device-ids takes them).
+    visible_devices_env: str = ""
     stop_grace: float = 10.0  # SIGTERM, then SIGKILL after this many seconds
     cwd: str = ""
+    processes: ProcessLayout = "per_rank"  # per_rank: one per node of each rank; per_node: one per node for its ranks
+    api: Api = "all"  # which processes serve: all, or only the first (of the group, or of each independent rank)
+    headless_args: tuple[str, ...] = ()  # added to the argv of every process that does not serve
 
     def stop_seconds(self) -> float:
         """Seconds between SIGTERM and SIGKILL."""
@@ -145,7 +149,13 @@ def engine_from_document(raw: object, path: str = "engine") -> EngineSpec:
         for f in fields(spec)
         if _key(f.name) in raw
     }
-    return spec(**given)
+    engine = spec(**given)
+    if isinstance(engine, CommandSpec) and engine.processes == "per_node" and engine.coupling != "group":
+        raise ConfigError(
+            f"{path}.processes: per_node runs one process for several ranks, so they restart together",
+            hint="set engine.coupling: group (vLLM's hybrid and internal load balancing are group-coupled)",
+        )
+    return engine
 
 
 def _argv(raw: object, path: str) -> tuple[str, ...]:
@@ -162,6 +172,15 @@ def _argv(raw: object, path: str) -> tuple[str, ...]:
     for i, arg in enumerate(argv):
         check_template(arg, f"{path}[{i}]")
     return argv
+
+
+def _argv_tail(raw: object, path: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in raw):
+        raise ConfigError(f"{path}: must be a list of arguments, got {values.show(raw)}")
+    args = tuple(str(a) for a in raw)
+    for i, arg in enumerate(args):
+        check_template(arg, f"{path}[{i}]")
+    return args
 
 
 def _python_class(raw: object, path: str) -> str:
@@ -223,7 +242,11 @@ _CHECKS: Mapping[str, Callable[[Any, str], Any]] = {
     "env": _env,
     "ready": _ready,
     "progress": lambda v, p: values.regex(v, p) if v != "" else "",
-    "visible_devices_env": lambda v, p: "" if v == "" else values.env_name(v, p),
+    "visible_devices_env": lambda v, p: v if v in ("", "none") else values.env_name(v, p),
+    "coupling": lambda v, p: values.choice(v, p, ("independent", "group")),
+    "processes": lambda v, p: values.choice(v, p, ("per_rank", "per_node")),
+    "api": lambda v, p: values.choice(v, p, ("all", "first")),
+    "headless_args": _argv_tail,
     "stop_grace": lambda v, p: values.seconds(v, p, zero_ok=True),
     "cwd": lambda v, p: "" if v == "" else values.text(v, p),
     "class": _python_class,

@@ -1,8 +1,11 @@
-"""Applying a plan: create every rank's placement group and engine at once, then wait on one loop.
+"""Applying a plan: placement groups and hosts first, then each unit of work as soon as its hosts are placed.
 
-The loop listens to the engines' readiness stream (ZMQ) and to Ray's own signals together: a group Ray
-calls INFEASIBLE, an engine actor that died in __init__, a deadline. The first failure stops the launch,
-and exactly what this launch created is removed before the error is raised.
+A launch creates the placement groups and hosts of the ranks it adds, all at once. Each host reports the
+devices Ray granted it; a unit of work (a rank's engine, or a command engine's process, rendered from the
+plan and those devices) starts as soon as every host it needs has reported. One loop listens to the
+engines' readiness stream (ZMQ) and to Ray's own signals together: a group Ray calls INFEASIBLE, a host or
+an engine that failed, a headless process that exited, a deadline. The first failure stops the launch, and
+exactly what it created (or started, on hosts it was given) is removed or stopped before the error is raised.
 """
 
 from __future__ import annotations
@@ -12,18 +15,19 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from dpctl_ray.config import Timeouts
-from dpctl_ray.engines.base import HostReport
-from dpctl_ray.engines.host import RankLaunch
+from dpctl_ray.engines.base import EngineContext
+from dpctl_ray.engines.processes import Command, Granted, HostKey, commands, process_slots
 from dpctl_ray.engines.protocol import Frame, Phase
-from dpctl_ray.engines.spec import EngineSpec
+from dpctl_ray.engines.spec import CommandSpec, EngineSpec
+from dpctl_ray.engines.work import EngineWork, HostInfo, HostSpec, ProcessWork, Work
 from dpctl_ray.errors import DpctlError, InfeasibleError, Interrupted, LaunchFailed, TimedOut
 from dpctl_ray.launcher import objects
 from dpctl_ray.launcher.progress import LaunchObserver, LaunchResult, RankPhase, RankProgress
@@ -33,23 +37,40 @@ from dpctl_ray.planner.model import Plan, RankPlacement
 POLL_MS = 20
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 GROUP_CHECK_SECONDS = 0.5
+FAILED_HINT = "fix the engine or its config; everything this launch created was removed"
 
 
 @dataclass(slots=True)
 class Created:
-    """What this launch created, so that a failure removes exactly that."""
+    """What this launch created (removed on failure) and started on hosts it was given (stopped on failure)."""
 
     groups: list[Any] = field(default_factory=list)
     actors: list[Any] = field(default_factory=list)
+    started: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Unit:
+    """One unit of work: what it needs placed first, where it runs, and the ranks it serves."""
+
+    host: HostKey
+    needs: frozenset[HostKey]
+    ranks: tuple[int, ...]
+    headless: bool = False
+    work: Work | None = None
 
 
 class Launch:
-    """Creates and waits for a set of ranks of one plan (all of them for `up`, the new ones for a scale-up)."""
+    """Creates ranks of a plan and starts their work (`up`, a scale-up, or a group restart on kept hosts).
+
+    `create` are the ranks whose groups and hosts this launch creates; `keep` the ranks whose hosts exist and
+    whose work it starts again (a group restart, with the plan's new size).
+    """
 
     def __init__(
         self,
         plan: Plan,
-        ranks: list[RankPlacement],
+        create: Sequence[RankPlacement],
         *,
         engine: EngineSpec,
         timeouts: Timeouts,
@@ -57,9 +78,11 @@ class Launch:
         bind_ip: str | None,
         master_port: int = 0,
         node_ips: dict[str, str] | None = None,
+        keep: Sequence[RankPlacement] = (),
     ) -> None:
         self.plan = plan
-        self.ranks = ranks
+        self.create = list(create)
+        self.keep = list(keep)
         self.engine = engine
         self.timeouts = timeouts
         self.observer = observer
@@ -70,7 +93,12 @@ class Launch:
         self.stream_address: str | None = None
         ips = node_ips or {n.id: n.ip for n in plan.nodes}
         self.node_ips = ips
+        ranks = [*self.create, *self.keep]
+        self.ranks = {r.rank: r for r in ranks}
         self.progress = {r.rank: RankProgress(r.rank, r.local_rank, ips.get(r.control, "?")) for r in ranks}
+        self.hosts: dict[HostKey, Any] = {}
+        self.infos: dict[HostKey, HostInfo] = {}
+        self.serving: dict[int, tuple[int, ...]] = {}  # a host's rank -> the ranks its work serves
 
     def run(self, *, keep_on_failure: bool = False) -> LaunchResult:
         """Create everything, wait for readiness; on any failure, Ctrl-C included, remove what was created."""
@@ -79,17 +107,15 @@ class Launch:
         self.stream_address = stream.address if stream else None
         self.observer.begin(list(self.progress.values()), started)
         try:
-            self._create(stream)
-            self._wait(stream, started)
+            groups = self._create(stream)
+            self._wait(stream, groups, started)
         except BaseException as exc:
             self.observer.end(ok=False)
             if not keep_on_failure:
                 with _no_interrupts():
-                    objects.remove(self.created.groups, self.created.actors)
+                    self._undo()
             if isinstance(exc, KeyboardInterrupt):
-                raise Interrupted(
-                    "interrupted: removed the placement groups and engines this launch created",
-                ) from None
+                raise Interrupted("interrupted: removed the placement groups and engines this launch created") from None
             if isinstance(exc, DpctlError) and keep_on_failure:
                 exc.hint = "kept what was created for debugging (--keep-on-failure); `dpctl down` removes it"
             raise
@@ -100,59 +126,133 @@ class Launch:
         self.observer.end(ok=True)
         return LaunchResult(self.progress, time.monotonic() - started, dropped, self.token)
 
+    def _undo(self) -> None:
+        stops = [host.stop.remote() for host in self.created.started]
+        if stops:
+            ray.wait(stops, num_returns=len(stops), timeout=self.engine.stop_seconds() + 10)
+        objects.remove(self.created.groups, self.created.actors)
+
     def _open_stream(self) -> ReadinessStream | None:
         if not self.bind_ip:
             return None
         try:
-            return ReadinessStream(self.plan.name, self.token, {r.rank for r in self.ranks}, self.bind_ip)
+            return ReadinessStream(self.plan.name, self.token, set(self.ranks), self.bind_ip)
         except Exception:  # noqa: BLE001 - no stream is a slower launch, not a failed one: Ray's signals remain
             return None
 
-    def _create(self, stream: ReadinessStream | None) -> None:
-        plan = self.plan
-        spec = plan.spec
-        rank0 = next((r for r in plan.ranks if r.rank == 0), None)
-        master_ip = self.node_ips.get(rank0.control, "") if rank0 else ""
-        groups = {}
-        for rank in self.ranks:
+    def _create(self, stream: ReadinessStream | None) -> dict[Any, int]:
+        """Every new rank's group, then every host of new and kept ranks; the groups' ready refs by rank."""
+        plan, spec = self.plan, self.plan.spec
+        groups: dict[Any, int] = {}
+        created_groups = {}
+        for rank in self.create:
             group = objects.create_group(plan.name, rank, plan.bundles(rank))
             self.created.groups.append(group)
-            groups[rank.rank] = group
-        for rank in self.ranks:
-            launch = RankLaunch(
-                deployment=plan.name,
-                token=self.token,
-                stream=stream.address if stream else None,
-                rank=rank.rank,
-                local_rank=rank.local_rank,
-                dp=spec.dp,
-                dp_local=spec.dp_local,
-                world_size=spec.world_size,
-                device=spec.device,
-                master_ip=master_ip,
-                master_port=self.master_port,
-                tp=spec.tp,
-                pp=spec.pp,
-            )
-            actor = objects.create_engine(plan.name, launch, self.engine, groups[rank.rank], spec.cpus)
-            self.created.actors.append(actor)
-        self._groups = groups
+            created_groups[rank.rank] = group
+            groups[group.ready()] = rank.rank
+        for rank in self.create:
+            for k, _ in enumerate(rank.nodes):
+                host_spec = HostSpec(
+                    deployment=plan.name,
+                    token=self.token,
+                    stream=stream.address if stream else None,
+                    rank=rank.rank,
+                    node_index=k,
+                    local_rank=rank.local_rank,
+                    device=spec.device,
+                    layout=spec.bundles,
+                    device_bundles=objects.device_bundles(rank, k),
+                    log_dir=self.engine.log_dir,
+                    base_port=self.engine.base_port,
+                )
+                host = objects.create_host(plan.name, rank, k, host_spec, created_groups[rank.rank], spec.cpus)
+                self.created.actors.append(host)
+                self.hosts[(rank.rank, k)] = host
+        for rank in self.keep:
+            for k, _ in enumerate(rank.nodes):
+                host = objects.find_host(plan.name, rank, k)
+                if host is None:
+                    raise LaunchFailed(
+                        f"rank {rank.rank}: its engine host on node {k} is gone",
+                        hint=f"`dpctl status {plan.name}` shows its ranks; `dpctl repair` replaces lost ones",
+                        code="host_gone",
+                    )
+                self.hosts[(rank.rank, k)] = host
+        return groups
 
-    def _wait(self, stream: ReadinessStream | None, started: float) -> None:
-        placing = {self._groups[r.rank].ready(): r.rank for r in self.ranks}
-        actors = dict(zip([r.rank for r in self.ranks], self.created.actors, strict=True))
-        readying = {actors[r.rank].ready.remote(): r.rank for r in self.ranks}
+    def _units(self) -> list[Unit]:
+        """The work to start: a process per slot of a command engine, else a rank's engine on its control host."""
+        if isinstance(self.engine, CommandSpec):
+            units = []
+            for slot in process_slots(self.plan, self.engine):
+                if not set(slot.ranks) & self.ranks.keys():
+                    continue
+                needs = {slot.host} | {(r, self.ranks[r].nodes.index(slot.node)) for r in slot.ranks}
+                units.append(Unit(slot.host, frozenset(needs), slot.ranks, headless=not slot.api))
+            return units
+        return [
+            Unit((r.rank, r.nodes.index(r.control)), frozenset((r.rank, k) for k in range(len(r.nodes))), (r.rank,))
+            for r in self.ranks.values()
+        ]
+
+    def _work(self, unit: Unit) -> Work:
+        """A unit's work, rendered from the plan and what its hosts reported."""
+        plan = self.plan
+        if isinstance(self.engine, CommandSpec):
+            granted = Granted(
+                {key: info.devices for key, info in self.infos.items()},
+                {key: info.port for key, info in self.infos.items()},
+                {**self.node_ips, **{info.node: info.ip for info in self.infos.values()}},
+            )
+            (command,) = [
+                c
+                for c in commands(plan, self.engine, granted, self.master_port, set(unit.ranks))
+                if c.slot.host == unit.host
+            ]
+            return _process_work(self.engine, command, plan.spec.dp)
+        rank = self.ranks[unit.ranks[0]]
+        host = self.infos[unit.host]
+        infos = [self.infos[(rank.rank, k)] for k in range(len(rank.nodes))]
+        rank0 = next((r for r in plan.ranks if r.rank == 0), rank)
+        ctx = EngineContext(
+            deployment=plan.name,
+            rank=rank.rank,
+            local_rank=rank.local_rank,
+            dp=plan.spec.dp,
+            dp_local=plan.spec.dp_local,
+            world_size=plan.spec.world_size,
+            device=plan.spec.device,
+            devices=tuple(d for info in infos for d in info.devices),
+            device_ips=tuple(info.ip for info in infos for _ in info.devices),
+            node_id=host.node,
+            node_ip=host.ip,
+            master_ip=self.node_ips.get(rank0.nodes[0], ""),
+            master_port=self.master_port,
+            port=host.port,
+            tp=plan.spec.tp,
+            pp=plan.spec.pp,
+            workers=tuple(w for info in infos for w in info.workers),
+        )
+        return EngineWork(self.engine, ctx)  # type: ignore[arg-type]
+
+    def _wait(self, stream: ReadinessStream | None, groups: dict[Any, int], started: float) -> None:
+        placing = dict(groups)
+        informing = {host.info.remote(): key for key, host in self.hosts.items()}
+        waiting = self._units()
+        starting: dict[Any, Unit] = {}
+        exits: dict[Any, Unit] = {}
+        done: list[Unit] = []
         placement_deadline = started + self.timeouts.placement
         ready_deadline: float | None = None
         next_group_check = 0.0
-        while readying:
+        while waiting or starting:
             now = time.monotonic()
             if placing and now > placement_deadline:
                 raise self._placement_timeout(set(placing.values()))
             if not placing and ready_deadline is None:
                 ready_deadline = now + self.timeouts.ready
             if ready_deadline is not None and now > ready_deadline:
-                raise self._ready_timeout(set(readying.values()))
+                raise self._ready_timeout({r for u in [*waiting, *starting.values()] for r in u.ranks})
             if stream is not None:
                 for frame in stream.poll(POLL_MS):
                     self._on_frame(frame, started)
@@ -165,61 +265,117 @@ class Launch:
                 if placing and now >= next_group_check:
                     next_group_check = now + GROUP_CHECK_SECONDS
                     self._check_groups(set(placing.values()))
-            done, _ = ray.wait(list(readying), num_returns=len(readying), timeout=0)
-            for ref in done:
-                rank = readying.pop(ref)
-                self._on_ready(rank, ref, started)
+            for ref in _ready(informing):
+                key = informing.pop(ref)
+                self.infos[key] = self._info(ref, key, started)
+            for unit in [u for u in waiting if u.needs.issubset(self.infos)]:
+                waiting.remove(unit)
+                unit.work = self._work(unit)
+                host = self.hosts[unit.host]
+                starting[host.start.remote(unit.work, self.stream_address, self.token)] = unit
+                self.serving[unit.host[0]] = unit.ranks
+                if unit.host[0] not in {r.rank for r in self.create}:
+                    self.created.started.append(host)
+            for ref in _ready(starting):
+                unit = starting.pop(ref)
+                self._started(ref, unit, started)
+                done.append(unit)
+                if unit.headless:  # started (it has no readiness check): watched until the group is ready
+                    exits[self.hosts[unit.host].wait_exit.remote()] = unit
+                if self.engine.coupling != "group":
+                    for rank in unit.ranks:
+                        self._ready(rank, started)
+            for ref in _ready(exits):
+                unit = exits.pop(ref)
+                raise self._exited(unit, ray.get(ref))
             self.observer.tick()
+        for rank in self.ranks:  # a group is ready when all of it is
+            self._ready(rank, started)
+
+    def _info(self, ref: Any, key: HostKey, started: float) -> HostInfo:
+        rank = key[0]
+        try:
+            info: HostInfo = ray.get(ref, timeout=10)
+        except (RayActorError, RayTaskError) as exc:
+            message = failure(exc)
+            self._set(rank, RankPhase.FAILED, started, message)
+            raise LaunchFailed(
+                f"rank {rank} failed to start: {message}", hint=FAILED_HINT, code="engine_failed"
+            ) from None
+        progress = self.progress[rank]
+        if self.ranks[rank].nodes[key[1]] == self.ranks[rank].control:
+            progress.node, progress.ip = info.node, info.ip
+        known = [
+            self.infos.get((rank, k)) or (info if k == key[1] else None) for k in range(len(self.ranks[rank].nodes))
+        ]
+        progress.devices = tuple(d for i in known if i for d in i.devices)
+        progress.device_ips = tuple(i.ip for i in known if i for _ in i.devices)
+        return info
+
+    def _started(self, ref: Any, unit: Unit, started: float) -> None:
+        try:
+            ray.get(ref, timeout=10)
+        except (RayActorError, RayTaskError) as exc:
+            message = failure(exc)
+            for rank in unit.ranks:
+                self._set(rank, RankPhase.FAILED, started, message)
+            ranks = ", ".join(map(str, unit.ranks))
+            raise LaunchFailed(
+                f"rank{'s' if len(unit.ranks) > 1 else ''} {ranks} failed to start: {message}",
+                hint=FAILED_HINT,
+                code="engine_failed",
+            ) from None
+        except GetTimeoutError:  # ready, but the answer is slow to arrive: it will be there
+            return
+
+    def _exited(self, unit: Unit, code: int) -> LaunchFailed:
+        ranks = ", ".join(map(str, unit.ranks))
+        node = self.infos[unit.host].ip if unit.host in self.infos else "?"
+        detail = ""
+        with contextlib.suppress(Exception):
+            detail = ray.get(self.hosts[unit.host].health.remote(), timeout=5).detail
+        for rank in unit.ranks:
+            self._set(rank, RankPhase.FAILED, time.monotonic(), f"exited with code {code}")
+        return LaunchFailed(
+            f"the headless process of ranks {ranks} on {node} exited with code {code} before the group was ready"
+            + (f": {detail}" if detail else ""),
+            hint=FAILED_HINT,
+            code="engine_failed",
+        )
+
+    def _ready(self, rank: int, started: float) -> None:
+        progress = self.progress[rank]
+        if progress.phase is not RankPhase.READY:
+            if not progress.since:
+                progress.since = time.time()
+            self._set(rank, RankPhase.READY, started)
 
     def _on_frame(self, frame: Frame, started: float) -> None:
-        progress = self.progress[frame.rank]
+        # A process serving several ranks reports as its host's rank: its words are theirs too.
+        for rank in self.serving.get(frame.rank, (frame.rank,)):
+            self._frame(rank, frame, started)
+
+    def _frame(self, rank: int, frame: Frame, started: float) -> None:
+        progress = self.progress[rank]
         if progress.phase in (RankPhase.READY, RankPhase.FAILED):
             return
         if frame.node:
             progress.node = frame.node
         if frame.ip:
             progress.ip = frame.ip
-        if frame.devices:
-            progress.devices = frame.devices
         if frame.phase is Phase.FAILED:
-            self._set(frame.rank, RankPhase.FAILED, started, frame.message)
-            raise LaunchFailed(
-                f"rank {frame.rank} failed to start: {frame.message}",
-                hint="fix the engine or its config; everything this launch created was removed",
-                code="engine_failed",
-            )
+            self._set(rank, RankPhase.FAILED, started, frame.message)
+            raise LaunchFailed(f"rank {rank} failed to start: {frame.message}", hint=FAILED_HINT, code="engine_failed")
         if frame.phase is Phase.READY:
             progress.latency = max(time.time() - frame.ts, 0.0)
-            progress.since = frame.ts
-            self._set(frame.rank, RankPhase.READY, started)
+            if self.engine.coupling != "group":
+                progress.since = frame.ts
+                self._set(rank, RankPhase.READY, started)
         elif frame.phase is Phase.PROGRESS:
             progress.progress = frame.progress
-            self._set(frame.rank, RankPhase.LOADING, started, frame.message)
+            self._set(rank, RankPhase.LOADING, started, frame.message)
         elif frame.phase in (Phase.STARTING, Phase.PLACED):
-            self._set(frame.rank, RankPhase.STARTING, started, frame.message)
-
-    def _on_ready(self, rank: int, ref: Any, started: float) -> None:
-        try:
-            info: HostReport = ray.get(ref, timeout=5)
-        except RayActorError as exc:
-            message = actor_failure(exc)
-            self._set(rank, RankPhase.FAILED, started, message)
-            raise LaunchFailed(
-                f"rank {rank} failed to start: {message}",
-                hint="fix the engine or its config; everything this launch created was removed",
-                code="engine_failed",
-            ) from None
-        except GetTimeoutError:
-            return
-        progress = self.progress[rank]
-        progress.devices = info.devices
-        progress.device_ips = info.device_ips
-        progress.node = info.node
-        progress.ip = info.ip
-        if not progress.since:
-            progress.since = info.since
-        if progress.phase is not RankPhase.READY:
-            self._set(rank, RankPhase.READY, started)
+            self._set(rank, RankPhase.STARTING, started, frame.message)
 
     def _set(self, rank: int, phase: RankPhase, started: float, message: str = "") -> None:
         progress = self.progress[rank]
@@ -235,8 +391,9 @@ class Launch:
 
     def _check_groups(self, ranks: set[int]) -> None:
         for rank in sorted(ranks):
-            if objects.group_infeasible(self._groups[rank]):
-                placement = next(r for r in self.ranks if r.rank == rank)
+            group = next(g for g, r in zip(self.created.groups, self.create, strict=True) if r.rank == rank)
+            if objects.group_infeasible(group):
+                placement = self.ranks[rank]
                 where = ", ".join(
                     f"{self.node_ips.get(n, n)} ({c} {self.plan.spec.device})"
                     for n, c in zip(placement.nodes, placement.devices, strict=True)
@@ -270,6 +427,17 @@ class Launch:
         )
 
 
+def _process_work(spec: CommandSpec, command: Command, dp: int) -> ProcessWork:
+    return ProcessWork(spec, command.slot.ranks, command.argv, command.env, command.unset, command.ready, dp)
+
+
+def _ready(refs: dict[Any, Any]) -> list[Any]:
+    """The refs among `refs` that are done now (without waiting)."""
+    if not refs:
+        return []
+    return ray.wait(list(refs), num_returns=len(refs), timeout=0)[0]
+
+
 def bind_ip() -> str | None:
     """Where engines can reach this driver: its node's address as Ray sees it (none for Ray Client)."""
     try:
@@ -278,16 +446,19 @@ def bind_ip() -> str | None:
         return None
 
 
-def actor_failure(exc: RayActorError) -> str:
-    """The engine's own message from a dead actor: the exception __init__ raised, when that is what happened.
+def failure(exc: RayActorError | RayTaskError) -> str:
+    """The engine's own words from a failed call or a dead actor: the exception it raised, when that is what happened.
 
-    Ray keeps no exception object here, only text that ends with the traceback's last line,
-    `Type: message`; an EngineError is shown as its message alone, anything else with its type.
+    A task error carries the exception itself; a dead actor only text that ends with the traceback's last
+    line, `Type: message`. An EngineError is shown as its message alone, anything else with its type.
     """
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, RayTaskError) and cause is not None and not isinstance(cause, RayTaskError):
+        return str(cause) if type(cause).__name__ == "EngineError" else f"{type(cause).__name__}: {cause}"
     lines = _ANSI.sub("", str(exc)).strip().splitlines()
     if not lines:
         return "its engine actor died"
-    if not exc.actor_init_failed:
+    if isinstance(exc, RayActorError) and not exc.actor_init_failed:
         return " ".join(line.strip() for line in lines if line.strip())
     last = lines[-1].strip()
     kind, sep, message = last.partition(": ")

@@ -8,18 +8,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import ray
 
 from dpctl_ray.config import Config, Timeouts
+from dpctl_ray.engines.processes import master_port
 from dpctl_ray.errors import BadInput, Busy, DpctlError
 from dpctl_ray.launcher import objects, records
 from dpctl_ray.launcher.apply import Launch, bind_ip
 from dpctl_ray.launcher.nodes import snapshot
 from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase
 from dpctl_ray.launcher.records import DeploymentState, RankRecord, Record
-from dpctl_ray.planner import Node, Plan, PlanRequest, cluster_fingerprint, feasible, plan
+from dpctl_ray.planner import Node, Plan, PlanRequest, RankPlacement, cluster_fingerprint, feasible, plan
 from dpctl_ray.planner import scale as scaling
 from dpctl_ray.planner.scale import ScalePlan
 from dpctl_ray.planner.verify import check_fits
@@ -37,6 +39,8 @@ class ScaleResult:
     launch: LaunchResult | None = None
     dry_run: bool = False
     untold: list[int] = field(default_factory=list)  # running ranks that did not take the new dp size
+    restarted: bool = False  # a group: every process restarted (or, in a dry run, would) with the new size
+    before: int = 0
 
 
 @dataclass(slots=True)
@@ -61,7 +65,7 @@ class DownResult:
 
     @property
     def engines(self) -> int:
-        """How many engine actors were removed (their device workers went with them)."""
+        """How many engine hosts were removed (one per node of a rank; per_device workers go with them)."""
         parsed = (records.ObjectName.parse(a) for a in self.actors)
         return sum(1 for name in parsed if name is not None and name.kind is records.ObjectKind.ENGINE)
 
@@ -83,7 +87,7 @@ def up(config: Config, *, planned: Plan | None, observer: Observer, keep_on_fail
     name = planned.name if planned is not None else config.name
     with records.locked(name, "up"):
         existing = records.load(name)
-        if existing is not None and existing.state is DeploymentState.SCALING:
+        if existing is not None and existing.state in (DeploymentState.SCALING, DeploymentState.RESTARTING):
             existing = _recover(existing, observer)
         if existing is not None and existing.state is DeploymentState.RUNNING and recreate:
             gone = _remove(name)
@@ -113,7 +117,7 @@ def up(config: Config, *, planned: Plan | None, observer: Observer, keep_on_fail
 
 
 def _check_fresh(planned: Plan, nodes: tuple[Node, ...]) -> None:
-    now = cluster_fingerprint(nodes, planned.spec.device)
+    now = cluster_fingerprint(nodes, planned.spec.device, planned.spec.bundles)
     if now != planned.fingerprint:
         raise BadInput(
             f"the plan file was made against another cluster state (fingerprint {planned.fingerprint}, "
@@ -159,7 +163,7 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
         observer=observer,
         bind_ip=bind_ip(),
         node_ips=ips,
-        master_port=records.master_port(plan.name, config.engine),
+        master_port=master_port(plan.name, config.engine.master_port),
     )
     record = Record(
         name=plan.name,
@@ -207,11 +211,16 @@ def _granted(rank: RankRecord, result: LaunchResult) -> None:
 
 
 def scale(name: str, dp: int, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> ScaleResult:
-    """Grow or shrink a running deployment to dp ranks; the other ranks keep running."""
+    """Grow or shrink a running deployment to dp ranks: independent ranks keep running, a group restarts at dp."""
     with records.locked(name, "scale"):
         record = records.require(name)
-        if record.state is DeploymentState.SCALING:
+        if record.state in (DeploymentState.SCALING, DeploymentState.RESTARTING):
             record = _recover(record, observer)
+        if record.state is DeploymentState.FAILED and record.engine.coupling == "group" and not dry_run:
+            # A group whose restart failed holds its placement groups: start it again, then scale.
+            revived = _revive(record, timeouts, observer)
+            if dp == len(record.ranks):
+                return revived
         if record.state is not DeploymentState.RUNNING:
             raise BadInput(
                 f"deployment {name!r} is {record.state.value}, not running: nothing to scale",
@@ -232,9 +241,12 @@ def _scale_locked(record: Record, dp: int, timeouts: Timeouts, *, dry_run: bool,
     delta = feasible(scaling.scale(current, nodes, dp))
     for warning in delta.plan.warnings:
         observer.warn(warning)
+    group = record.engine.coupling == "group"
     if dry_run:
-        return ScaleResult(record, delta, dry_run=True)
-    observer.scaling(delta)
+        return ScaleResult(record, delta, dry_run=True, restarted=group)
+    observer.scaling(delta, restart=group)
+    if group:
+        return _restart_group(record, delta, nodes, timeouts, observer)
     before = len(record.ranks)
     record.state = DeploymentState.SCALING  # first: a command killed from here on leaves a record the next recovers
     launch = None
@@ -255,7 +267,7 @@ def _scale_locked(record: Record, dp: int, timeouts: Timeouts, *, dry_run: bool,
             observer=observer,
             bind_ip=bind_ip(),
             node_ips=ips,
-            master_port=records.master_port(record.name, record.engine),
+            master_port=master_port(record.name, record.engine.master_port),
         )
         try:
             launch = run.run()
@@ -276,10 +288,108 @@ def _scale_locked(record: Record, dp: int, timeouts: Timeouts, *, dry_run: bool,
     return ScaleResult(record, delta, launch, untold=_tell_dp(record.name, survivors, dp))
 
 
-def _stop(name: str, ranks: list[int], grace: float) -> None:
-    """Ask these ranks' engines to stop (processes get SIGTERM, then SIGKILL after `grace`) before removal."""
-    engines = [e for e in (objects.find_engine(name, r) for r in ranks) if e is not None]
-    stops = [e.stop.remote() for e in engines]
+def _restart_group(
+    record: Record, delta: ScalePlan, nodes: tuple[Node, ...], timeouts: Timeouts, observer: Observer
+) -> ScaleResult:
+    """A group-coupled scale: every process restarts with the new size, on the hosts (and devices) kept.
+
+    New ranks' groups and hosts are created; ranks removed are removed only after the group runs at its new
+    size, so that a failed restart can bring the group back at its old size on the hosts it still has.
+    """
+    name, before = record.name, len(record.ranks)
+    old = record.plan()
+    record.state = DeploymentState.RESTARTING  # first: a command killed from here on is recovered by the next
+    records.save(record)
+    observer.note(f"{name}: restarting all {len(old.ranks)} ranks' processes (group coupling)")
+    _stop(name, None, record.engine.stop_seconds())
+    kept = [r for r in old.ranks if r.rank < delta.after]
+    try:
+        launch = _run(delta.plan, delta.added, kept, record, nodes, timeouts, observer)
+    except BaseException as exc:
+        note = _restart_at(record, old, nodes, timeouts, observer)
+        if isinstance(exc, DpctlError):  # what became of the group first: a long engine message may be cut
+            exc.message = f"{note}: the group could not start at {delta.after} ranks: {exc.message}"
+        raise
+    if delta.removed:
+        objects.remove_ranks(name, list(delta.removed))
+    ips = {n.id: n.ip for n in nodes}
+    ranks = {r.rank: r for r in record.ranks if r.rank < delta.after}
+    for new in delta.added:
+        ranks[new.rank] = RankRecord.planned(new, ips.get(new.control, ""))
+    for survivor in ranks.values():
+        _granted(survivor, launch)
+    record.ranks = [ranks[r] for r in sorted(ranks)]
+    record.spec = dataclasses.replace(record.spec, dp=delta.after)
+    record.state = DeploymentState.RUNNING
+    records.save(record)
+    return ScaleResult(record, delta, launch, restarted=True, before=before)
+
+
+def _run(
+    plan: Plan,
+    create: Sequence[RankPlacement],
+    keep: Sequence[RankPlacement],
+    record: Record,
+    nodes: tuple[Node, ...],
+    timeouts: Timeouts,
+    observer: Observer,
+) -> LaunchResult:
+    """A launch of `create` (new groups and hosts) and `keep` (hosts that exist), each rank's work started."""
+    return Launch(
+        plan,
+        create,
+        keep=keep,
+        engine=record.engine,
+        timeouts=timeouts,
+        observer=observer,
+        bind_ip=bind_ip(),
+        node_ips={n.id: n.ip for n in nodes},
+        master_port=master_port(record.name, record.engine.master_port),
+    ).run()
+
+
+def _restart_at(record: Record, plan: Plan, nodes: tuple[Node, ...], timeouts: Timeouts, observer: Observer) -> str:
+    """Bring a group back on the hosts it has, at `plan`'s size; what happened, in words for the error."""
+    try:
+        _relaunch(record, plan, nodes, timeouts, observer)
+    except BaseException:  # noqa: BLE001 - whatever stops it, even Ctrl-C, the group is down and says so
+        record.state = DeploymentState.FAILED
+        records.save(record)
+        return (
+            f"{record.name} could not restart at its {len(plan.ranks)} ranks either and is down, its placement "
+            f"groups kept (`dpctl scale {record.name} --dp {len(plan.ranks)}` tries again, `dpctl down` removes it)"
+        )
+    return f"{record.name} restarted at its old size of {len(plan.ranks)} ranks"
+
+
+def _relaunch(
+    record: Record, plan: Plan, nodes: tuple[Node, ...], timeouts: Timeouts, observer: Observer
+) -> LaunchResult:
+    """Start every rank's work again on the hosts the group has; the record says RUNNING once it is ready."""
+    launch = _run(plan, (), plan.ranks, record, nodes, timeouts, observer)
+    for rank in record.ranks:
+        _granted(rank, launch)
+    record.state = DeploymentState.RUNNING
+    records.save(record)
+    return launch
+
+
+def _revive(record: Record, timeouts: Timeouts, observer: Observer) -> ScaleResult:
+    """A group that is down after a failed restart, started again at its recorded size (an error if it fails)."""
+    size = len(record.ranks)
+    observer.note(f"{record.name}: the group is down; restarting it at its {size} ranks")
+    _stop(record.name, None, record.engine.stop_seconds())
+    try:
+        launch = _relaunch(record, record.plan(), snapshot(), timeouts, observer)
+    except DpctlError as exc:
+        exc.message += f"; {record.name} is still down (`dpctl down {record.name}` removes it)"
+        raise
+    return ScaleResult(record, None, launch, restarted=True, before=size)
+
+
+def _stop(name: str, ranks: list[int] | None, grace: float) -> None:
+    """Ask the hosts of these ranks (all, for None) to stop their work: processes get SIGTERM, SIGKILL after `grace`."""
+    stops = [host.stop.remote() for host in objects.hosts(name, None if ranks is None else set(ranks)).values()]
     if stops:
         ray.wait(stops, num_returns=len(stops), timeout=grace + STOP_TIMEOUT)
 
@@ -301,14 +411,23 @@ def _tell_dp(name: str, ranks: list[int], dp: int) -> list[int]:
 
 
 def _recover(record: Record, observer: Observer) -> Record:
-    """A scale whose command died: remove the ranks it was adding or removing, keep the recorded ones running."""
+    """A scale or group restart whose command died: remove what it was adding, bring the recorded ranks back.
+
+    An independent scale leaves the recorded ranks running; a group restart is done again at the recorded
+    size on the hosts the group still has.
+    """
     keep = {r.rank for r in record.ranks}
     stray = sorted(objects.ranks_with_objects(record.name) - keep)
     if stray:
         objects.remove_ranks(record.name, stray)
         observer.note(f"removed ranks {', '.join(map(str, stray))} left by an interrupted scale of {record.name}")
-    record.state = DeploymentState.RUNNING
+    restarting = record.state is DeploymentState.RESTARTING
     record.spec = dataclasses.replace(record.spec, dp=len(record.ranks))
+    record.state = DeploymentState.RUNNING
+    if restarting:
+        observer.note(f"{record.name}: a group restart was interrupted; restarting it at {len(record.ranks)} ranks")
+        _stop(record.name, None, record.engine.stop_seconds())
+        observer.note(_restart_at(record, record.plan(), snapshot(), Timeouts(), observer))
     records.save(record)
     return record
 

@@ -1,4 +1,4 @@
-"""Creating, finding and removing a deployment's Ray objects: placement groups and engine actors."""
+"""Creating, finding and removing a deployment's Ray objects: placement groups and engine hosts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from dpctl_ray.engines.host import EngineHost, RankLaunch
-from dpctl_ray.engines.spec import EngineSpec
+from dpctl_ray.engines.host import EngineHost
+from dpctl_ray.engines.work import HostSpec
 from dpctl_ray.launcher.nodes import NODE_ID_LABEL
 from dpctl_ray.launcher.records import NAMESPACE, ObjectKind, ObjectName, object_name, prefix
 from dpctl_ray.planner.model import Bundle, RankPlacement
@@ -37,19 +37,72 @@ def group_infeasible(group: PlacementGroup) -> bool:
     return bool(info.get("stats", {}).get("scheduling_state") == "INFEASIBLE")
 
 
-def create_engine(deployment: str, launch: RankLaunch, engine: EngineSpec, group: PlacementGroup, cpus: float) -> Any:
-    """One rank's detached, named engine host on the control bundle (the last bundle of its group)."""
+def create_host(
+    deployment: str, rank: RankPlacement, k: int, spec: HostSpec, group: PlacementGroup, cpus: float
+) -> Any:
+    """The host of one rank's node `k`, detached and named, on that node's bundle, claiming what it holds.
+
+    per_node: the host claims the node's devices itself, and the control CPUs on the control node.
+    per_device: the control node's host takes the control bundle's CPUs; a host on a further node takes
+    nothing (it sits on its node's first device bundle); their device workers claim the devices.
+    """
+    control = rank.control_bundle(spec.layout)
+    is_control = rank.nodes[k] == rank.control
+    claim: dict[str, Any] = {"num_cpus": cpus if is_control else 0}
+    if spec.layout == "per_node":
+        bundle = k
+        count = rank.devices[k]
+        if spec.device == "GPU":
+            claim["num_gpus"] = count
+        elif spec.device == "CPU":
+            claim["num_cpus"] += count
+        else:
+            claim["resources"] = {spec.device: count}
+    else:
+        bundle = control if is_control else spec.device_bundles[0]
     return RemoteEngineHost.options(
-        name=object_name(deployment, ObjectKind.ENGINE, launch.rank),
+        name=host_name(deployment, rank, k),
         namespace=NAMESPACE,
         lifetime="detached",
-        num_cpus=cpus,
-        max_concurrency=4,  # health and set_dp answer while nothing else runs long
+        max_concurrency=8,  # start and wait_exit block; health, set_dp, stop answer meanwhile
         max_restarts=0,
         scheduling_strategy=PlacementGroupSchedulingStrategy(
-            group, placement_group_bundle_index=launch.world_size, placement_group_capture_child_tasks=False
+            group, placement_group_bundle_index=bundle, placement_group_capture_child_tasks=False
         ),
-    ).remote(launch, engine, group)
+        **claim,
+    ).remote(spec, group)
+
+
+def host_name(deployment: str, rank: RankPlacement, k: int) -> str:
+    """`engine-R` for the host on the rank's control node (its engine runs there), `engine-R-K` for the others."""
+    base = object_name(deployment, ObjectKind.ENGINE, rank.rank)
+    return base if rank.nodes[k] == rank.control else f"{base}-{k}"
+
+
+def device_bundles(rank: RankPlacement, k: int) -> tuple[int, ...]:
+    """per_device: the bundle indices of the rank's devices on its node k."""
+    first = sum(rank.devices[:k])
+    return tuple(range(first, first + rank.devices[k]))
+
+
+def hosts(deployment: str, ranks: set[int] | None = None) -> dict[str, Any]:
+    """The deployment's engine hosts (of these ranks), by name."""
+    out = {}
+    for name in named_actors(prefix(deployment)):
+        parsed = ObjectName.parse(name)
+        if parsed is None or parsed.kind is not ObjectKind.ENGINE or (ranks is not None and parsed.rank not in ranks):
+            continue
+        with contextlib.suppress(ValueError):
+            out[name] = ray.get_actor(name, namespace=NAMESPACE)
+    return out
+
+
+def find_host(deployment: str, rank: RankPlacement, k: int) -> Any | None:
+    """The host of a rank's node k, if it exists."""
+    try:
+        return ray.get_actor(host_name(deployment, rank, k), namespace=NAMESPACE)
+    except ValueError:
+        return None
 
 
 def find_engine(deployment: str, rank: int) -> Any | None:
@@ -84,9 +137,12 @@ def remove(groups: list[PlacementGroup], actors: list[Any]) -> None:
 def remove_ranks(deployment: str, ranks: list[int]) -> Removed:
     """Remove the engine actors and placement groups of some ranks of a deployment, found by name."""
     removed = Removed()
-    wanted_actors = {object_name(deployment, ObjectKind.ENGINE, r) for r in ranks}
+    wanted = set(ranks)
     wanted_groups = {object_name(deployment, ObjectKind.GROUP, r) for r in ranks}
-    for name in sorted(wanted_actors & set(named_actors(prefix(deployment)))):
+    for name in named_actors(prefix(deployment)):
+        parsed = ObjectName.parse(name)
+        if parsed is None or parsed.rank not in wanted:
+            continue
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
             removed.actors.append(name)

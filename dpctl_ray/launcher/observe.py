@@ -8,21 +8,24 @@ import ray
 from ray.exceptions import RayActorError
 
 from dpctl_ray.launcher import nodes, objects, records
-from dpctl_ray.launcher.status import HEALTH_TIMEOUT, Answer, DeploymentStatus, rank_status
+from dpctl_ray.launcher.status import HEALTH_TIMEOUT, Answer, DeploymentStatus, HostKey, processes_of, rank_status
 
 
 def gather(name: str | None) -> list[DeploymentStatus]:
-    """Every deployment (or one), its ranks' health asked in parallel with one short deadline."""
+    """Every deployment (or one), every host's health asked in parallel with one short deadline."""
     wanted = [name] if name else deployment_names()
     alive = nodes.alive()
-    found: list[tuple[records.Record | None, dict[int, Any]]] = []
+    found: list[tuple[records.Record | None, dict[HostKey, Any]]] = []
     for dep in wanted:
         record = records.load(dep)
-        calls: dict[int, Any] = {}
+        actors = objects.hosts(dep) if record is not None else {}
+        calls: dict[HostKey, Any] = {}
         for rank in record.ranks if record else []:
-            actor = objects.find_engine(dep, rank.rank)
-            if actor is not None:
-                calls[rank.rank] = actor.health.remote()
+            placement = rank.placement()
+            for k in range(len(rank.nodes)):
+                actor = actors.get(objects.host_name(dep, placement, k))
+                if actor is not None:
+                    calls[(rank.rank, k)] = actor.health.remote()
         found.append((record, calls))
     every = [ref for _, calls in found for ref in calls.values()]
     done = set(ray.wait(every, num_returns=len(every), timeout=HEALTH_TIMEOUT)[0]) if every else set()
@@ -30,10 +33,16 @@ def gather(name: str | None) -> list[DeploymentStatus]:
     for dep, (record, calls) in zip(wanted, found, strict=True):
         ranks = []
         if record is not None:
-            for rank in record.ranks:
-                ref = calls.get(rank.rank)
-                ranks.append(rank_status(rank, record, alive, None if ref is None else _answer(ref, done)))
-        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep)))
+            answers: dict[HostKey, Answer | None] = {
+                (r.rank, k): (_answer(calls[(r.rank, k)], done) if (r.rank, k) in calls else None)
+                for r in record.ranks
+                for k in range(len(r.nodes))
+            }
+            ranks = [rank_status(rank, record, alive, answers) for rank in record.ranks]
+            processes = processes_of(answers)
+        else:
+            processes = []
+        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes))
     return out
 
 

@@ -64,8 +64,8 @@ class Observer(LaunchObserver, Protocol):
     def planned(self, plan: Plan) -> None:
         """`up` is about to launch this plan."""
 
-    def scaling(self, delta: ScalePlan) -> None:
-        """A scale is about to apply this delta."""
+    def scaling(self, delta: ScalePlan, *, restart: bool) -> None:
+        """A scale is about to apply this delta (restarting every running rank, for a group)."""
 
     def note(self, message: str) -> None:
         """Something worth saying (a recovery, a convergence by scaling)."""

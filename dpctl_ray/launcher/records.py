@@ -8,7 +8,6 @@ the GCS key-value store (namespace `dpctl`), its placement groups and actors are
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import socket
@@ -64,7 +63,8 @@ class ObjectName:
         parts = name.split("/")
         if len(parts) < 3 or parts[0] != "dpctl" or not parts[1]:
             return None
-        stem, _, number = parts[-1].partition("-")
+        stem, _, numbers = parts[-1].partition("-")
+        number = numbers.split("-")[0]  # engine-R-K: the host of rank R's node K
         kind = next((k for k in ObjectKind if k.value == stem), None)
         if kind is None or not number.isdigit() or len(parts) != 3:
             return cls(parts[1], None, None)
@@ -80,7 +80,8 @@ class DeploymentState(str, Enum):
     LAUNCHING = "launching"  # `up` is creating it
     RUNNING = "running"
     SCALING = "scaling"  # a scale is adding or removing ranks (a killed one is recovered by the next command)
-    FAILED = "failed"  # a launch failed and --keep-on-failure kept it
+    RESTARTING = "restarting"  # a group is restarting all its processes (after a scale, or a repair)
+    FAILED = "failed"  # a launch failed and --keep-on-failure kept it, or a group could not restart
 
 
 @dataclass(slots=True)
@@ -102,6 +103,10 @@ class RankRecord:
     def planned(cls, rank: RankPlacement, ip: str) -> RankRecord:
         """A rank of a plan, before anything is granted."""
         return cls(rank.rank, rank.local_rank, list(rank.nodes), list(rank.devices), rank.control, ip)
+
+    def placement(self, strategy: str = "") -> RankPlacement:
+        """The rank as the planner placed it."""
+        return RankPlacement(self.rank, self.local_rank, strategy, tuple(self.nodes), tuple(self.devices), self.control)
 
 
 @dataclass(slots=True)
@@ -160,10 +165,7 @@ class Record:
 
     def plan(self) -> Plan:
         """The running deployment as a plan: its resolved spec and its ranks (what the scale planner starts from)."""
-        ranks = tuple(
-            RankPlacement(r.rank, r.local_rank, STRATEGY[self.spec.pack], tuple(r.nodes), tuple(r.devices), r.control)
-            for r in sorted(self.ranks, key=lambda r: r.rank)
-        )
+        ranks = tuple(r.placement(STRATEGY[self.spec.pack]) for r in sorted(self.ranks, key=lambda r: r.rank))
         return Plan(self.name, dataclasses.replace(self.spec, dp=len(ranks)), ranks, (), (), (), "")
 
 
@@ -200,13 +202,6 @@ def differences(record: Record, request: Placement, engine: EngineSpec) -> list[
             if old.get(key) != new.get(key)
         ]
     return out
-
-
-def master_port(name: str, engine: EngineSpec) -> int:
-    """{master_port}: engine.master_port, else a port in 20000-39999 derived from the name (same for every rank)."""
-    if engine.master_port:
-        return engine.master_port
-    return 20000 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 20000
 
 
 # --- storage and locks in the GCS ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,10 +33,17 @@ class Session:
                 f"cannot join the Ray cluster at {address} ({source}): {str(exc).splitlines()[0]}",
                 hint="with token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or ~/.ray/auth_token)",
             ) from None
+        # A failed launch abandons the calls still running on the hosts it stops; their errors are already
+        # reported in dpctl's own words, so Ray's "Unhandled error" dumps of them are not printed.
+        quiet = "RAY_IGNORE_UNHANDLED_ERRORS" not in os.environ
+        if quiet:
+            os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
         try:
             yield cls()
         finally:
             ray.shutdown()
+            if quiet:
+                os.environ.pop("RAY_IGNORE_UNHANDLED_ERRORS", None)
 
     def snapshot(self) -> tuple[Node, ...]:
         """The alive nodes, with what they have free now."""

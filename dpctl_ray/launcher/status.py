@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,21 @@ class RankStatus:
 
 
 @dataclass(slots=True)
+class ProcessStatus:
+    """One process of a command engine as it runs: the same fields as the plan's, with the real values."""
+
+    node: str
+    ip: str
+    ranks: list[int]
+    api: bool
+    argv: list[str]
+    env: dict[str, str]
+    pid: int | None
+    state: RankState
+    detail: str
+
+
+@dataclass(slots=True)
 class DeploymentStatus:
     """One deployment with its ranks; `record` is None for leftovers without a record."""
 
@@ -37,6 +53,17 @@ class DeploymentStatus:
     record: Record | None
     ranks: list[RankStatus]
     busy: dict[str, Any] | None = None  # the live command changing it, if any
+    processes: list[ProcessStatus] = field(default_factory=list)
+
+
+def processes_of(hosts: Mapping[HostKey, Answer | None]) -> list[ProcessStatus]:
+    """The processes the hosts run, in rank order (hosts without a process report none)."""
+    reports = [a.report for _, a in sorted(hosts.items()) if a is not None and a.report is not None]
+    return [
+        ProcessStatus(r.node, r.ip, list(r.serves), r.api, list(r.argv), dict(r.env), r.process_pid, r.state, r.detail)
+        for r in reports
+        if r.argv
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +76,17 @@ class Answer:
     late: bool = False  # no answer within HEALTH_TIMEOUT
 
 
-def rank_status(rank: RankRecord, record: Record, alive_nodes: set[str], answer: Answer | None) -> RankStatus:
-    """A rank's status from its record, the nodes alive now and its engine's answer (None: no engine actor)."""
+HostKey = tuple[int, int]  # (rank, index of the node among the rank's nodes)
+
+
+def rank_status(
+    rank: RankRecord, record: Record, alive_nodes: set[str], hosts: Mapping[HostKey, Answer | None]
+) -> RankStatus:
+    """A rank's status from its record, the nodes alive now, and every host's answer (None: no actor).
+
+    The rank's own hosts hold its devices; the work serving it (its engine, or a process that may serve
+    other ranks too) says whether it serves. In a group, a failed process or host fails every rank.
+    """
     status = RankStatus(
         rank=rank.rank,
         local_rank=rank.local_rank,
@@ -61,39 +97,80 @@ def rank_status(rank: RankRecord, record: Record, alive_nodes: set[str], answer:
         since=rank.since,
         device_ips=list(rank.device_ips),
     )
+    own = [hosts.get((rank.rank, k)) for k in range(len(rank.nodes))]
+    reports = [a.report for a in own if a is not None and a.report is not None]
+    if reports:
+        status.devices = [d for r in reports for d in r.devices]
+        status.device_ips = [ip for r in reports for ip in r.device_ips]
+        control = next((r for r in reports if r.node == rank.control), reports[0])
+        status.node, status.ip, status.since = control.node, control.ip, control.since
+    serving = [a.report for a in hosts.values() if a is not None and a.report and rank.rank in a.report.serves]
+    if serving:
+        first = next((r for r in serving if r.api), serving[0])
+        status.port, status.process_pid, status.dp = first.port, first.process_pid, first.dp
+        status.since = first.since  # since its work started serving (or failed)
+    status.state, status.detail = _state(rank, record, alive_nodes, own, serving, hosts)
+    return status
+
+
+def _state(
+    rank: RankRecord,
+    record: Record,
+    alive_nodes: set[str],
+    own: list[Answer | None],
+    serving: list[HostReport],
+    hosts: Mapping[HostKey, Answer | None],
+) -> tuple[RankState, str]:
     gone = [n for n in rank.nodes if n not in alive_nodes]
     if gone:
-        status.state, status.detail = RankState.DEAD, f"node {gone[0][:12]} is gone"
-    elif rank.failed:
-        status.state, status.detail = RankState.FAILED, rank.failed
-    elif answer is None:
-        if record.state in (DeploymentState.RUNNING, DeploymentState.FAILED):
-            logs = f"`dpctl logs {record.name} -r {rank.rank}`"
-            status.state, status.detail = RankState.DEAD, f"engine actor is gone; {logs}"
-        else:
-            status.state, status.detail = RankState.PENDING, "waiting for placement"
-    elif answer.late:
-        if rank.since:
-            status.state, status.detail = RankState.FAILED, f"no answer to a health call in {HEALTH_TIMEOUT:g}s"
-        else:
-            status.state, status.detail = RankState.STARTING, "loading"
-    elif answer.actor_died:
-        status.state, status.detail = RankState.DEAD, "engine actor died"
-    elif answer.report is None:
-        status.state, status.detail = RankState.FAILED, f"health call raised {answer.error}"
-    else:
+        return RankState.DEAD, f"node {gone[0][:12]} is gone"
+    if rank.failed:
+        return RankState.FAILED, rank.failed
+    running = record.state in (DeploymentState.RUNNING, DeploymentState.FAILED)
+    for answer in own:
+        if answer is None:
+            if running:
+                return RankState.DEAD, f"engine actor is gone; `dpctl logs {record.name} -r {rank.rank}`"
+            return RankState.PENDING, "waiting for placement"
+        if answer.actor_died:
+            return RankState.DEAD, "engine actor died"
+    if record.engine.coupling == "group" and running:
+        broken = _broken(record, hosts)
+        if broken:
+            return RankState.FAILED, f"the group is down: {broken}"
+    for answer in (a for a in own if a is not None):
+        if answer.error:
+            return RankState.FAILED, f"health call raised {answer.error}"
+        if answer.late:
+            if rank.since:
+                return RankState.FAILED, f"no answer to a health call in {HEALTH_TIMEOUT:g}s"
+            return RankState.STARTING, "loading"
+    failed = next((r for r in serving if r.state is RankState.FAILED), None)
+    if failed is not None:
+        return RankState.FAILED, failed.detail
+    if not serving and record.state is DeploymentState.FAILED and record.engine.coupling == "group":
+        size = len(record.ranks)
+        return RankState.FAILED, f"the group is down after a failed restart (`dpctl scale {record.name} --dp {size}`)"
+    if not serving:
+        return RankState.STARTING, "no engine running"
+    if all(r.state is RankState.READY for r in serving):
+        api = next((r for r in serving if r.api), serving[0])
+        return RankState.READY, api.detail
+    return RankState.STARTING, next((r.detail for r in serving if r.state is not RankState.READY), "")
+
+
+def _broken(record: Record, hosts: Mapping[HostKey, Answer | None]) -> str:
+    """What is wrong with a group, if anything: the first host gone or work failed, in words."""
+    for (rank, k), answer in sorted(hosts.items()):
+        if rank >= record.spec.dp:
+            continue
+        if answer is None or answer.actor_died:
+            return f"rank {rank}'s engine host on node {k} is gone"
         report = answer.report
-        status.state = report.state
-        status.detail = report.detail
-        status.devices = list(report.devices)
-        status.device_ips = list(report.device_ips)
-        status.node = report.node
-        status.ip = report.ip
-        status.since = report.since
-        status.dp = report.dp
-        status.port = report.port
-        status.process_pid = report.process_pid
-    return status
+        if report is not None and report.state is RankState.FAILED:
+            served = ",".join(map(str, report.serves)) or str(rank)
+            return f"the process of ranks {served} on {report.ip} failed: {report.detail}"
+    return ""
 
 
 def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
@@ -107,7 +184,23 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
                 "dp": record.spec.dp if record else 0,
                 "world_size": record.spec.world_size if record else 0,
                 "pack": record.spec.pack if record else "",
+                "bundles": record.spec.bundles if record else "",
+                "coupling": record.engine.coupling if record else "",
                 "state": record.state.value if record else "orphaned",
+                "processes": [
+                    {
+                        "node": p.node,
+                        "ip": p.ip,
+                        "ranks": p.ranks,
+                        "api": p.api,
+                        "argv": p.argv,
+                        "env": p.env,
+                        "pid": p.pid,
+                        "state": p.state.value,
+                        "detail": p.detail,
+                    }
+                    for p in s.processes
+                ],
                 "ranks": [
                     {
                         "rank": r.rank,

@@ -9,6 +9,7 @@ from typing import Any
 
 from dpctl_ray.planner.inventory import MAX_AMOUNT, number, valid_ip
 from dpctl_ray.planner.model import (
+    LAYOUTS,
     PACKS,
     Infeasible,
     Node,
@@ -33,8 +34,8 @@ def amounts(device: str, devices: float, cpus: float) -> dict[str, float | int]:
     return {device: number(devices), "CPU": number(cpus)}
 
 
-def plan_to_document(plan: Plan) -> dict[str, Any]:
-    """The DESIGN.md plan document; bundles list the world_size device bundles, then the control bundle."""
+def plan_to_document(plan: Plan, extra: Mapping[str, list[Any]] | None = None) -> dict[str, Any]:
+    """The DESIGN.md plan document (`extra` lists added before the fingerprint, e.g. a command's processes)."""
     spec = plan.spec
     device = spec.device
     usage = plan.usage()
@@ -67,6 +68,7 @@ def plan_to_document(plan: Plan) -> dict[str, Any]:
         ],
         "skipped": [skip_to_document(s, device) for s in plan.skipped],
         "warnings": list(plan.warnings),
+        **(extra or {}),
         "cluster_fingerprint": plan.fingerprint,
     }
 
@@ -91,6 +93,7 @@ def spec_to_document(name: str, spec: ResolvedSpec) -> dict[str, Any]:
         "cpus": number(spec.cpus),
         "master": spec.master,
         "nodes": list(spec.nodes),
+        "bundles": spec.bundles,
     }
 
 
@@ -127,14 +130,14 @@ def infeasible_details(result: Infeasible) -> dict[str, Any]:
 # --- writing: JSON and YAML straight from the plan -------------------------------------------------------
 
 
-def plan_json(plan: Plan) -> str:
+def plan_json(plan: Plan, extra: Mapping[str, list[Any]] | None = None) -> str:
     """`dumps(plan_to_document(plan))`, written straight from the plan.
 
     Building the document's dicts first doubles a whole `dpctl plan -o json` of 16,384 nodes (about 830 ms
     against 410 ms here), and the plan benchmark holds dpctl within 1.5x of the seed's loop.
     """
     lines = ["{"]
-    parts = _parts(plan, encode_basestring_ascii)
+    parts = _parts(plan, encode_basestring_ascii, extra or {})
     for i, (key, value) in enumerate(parts):
         comma = "," if i < len(parts) - 1 else ""
         if isinstance(value, list) and value:
@@ -145,13 +148,13 @@ def plan_json(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan_yaml(plan: Plan) -> str:
+def plan_yaml(plan: Plan, extra: Mapping[str, list[Any]] | None = None) -> str:
     """The same document as YAML: top-level keys in block style, each list item one line of JSON (which YAML reads).
 
     A YAML library's emitter takes minutes and gigabytes for a 200,000-node plan; this takes what JSON takes.
     """
     lines = []
-    for key, value in _parts(plan, encode_basestring):
+    for key, value in _parts(plan, encode_basestring, extra or {}):
         if isinstance(value, list) and value:
             lines.append(f"{key}:")
             lines += [f"- {item}" for item in value]
@@ -160,9 +163,10 @@ def plan_yaml(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parts(plan: Plan, q: Callable[[str], str]) -> list[tuple[str, str | list[str]]]:
+def _parts(plan: Plan, q: Callable[[str], str], extra: Mapping[str, list[Any]]) -> list[tuple[str, str | list[str]]]:
     """The document's top-level keys with their values as text: a scalar or mapping, or a list's items."""
     device = plan.spec.device
+    ascii_only = q is encode_basestring_ascii
     numbers: dict[float, str] = {}
 
     def num(value: float) -> str:
@@ -171,15 +175,29 @@ def _parts(plan: Plan, q: Callable[[str], str]) -> list[tuple[str, str | list[st
             text = numbers[value] = json_number(value)
         return text
 
-    device_part = f'"resources": {{{q(device)}: 1}}}}, '
-    control_part = f'"resources": {{"CPU": {num(plan.spec.cpus)}}}}}]'
+    dev = q(device)
+    control_cpus = plan.spec.cpus
 
-    def bundles(r: RankPlacement) -> str:
+    def per_device(r: RankPlacement) -> str:
         # {"node": N, "resources": {"GPU": 1}} once per device, node by node, then the control bundle.
-        per_device = "".join(
-            [(f'{{"node": {q(n)}, ' + device_part) * c for n, c in zip(r.nodes, r.devices, strict=True)]
-        )
-        return f'[{per_device}{{"node": {q(r.control)}, {control_part}'
+        one = f'"resources": {{{dev}: 1}}}}, '
+        devices = "".join([(f'{{"node": {q(n)}, ' + one) * c for n, c in zip(r.nodes, r.devices, strict=True)])
+        return f'[{devices}{{"node": {q(r.control)}, "resources": {{"CPU": {num(control_cpus)}}}}}]'
+
+    def per_node(r: RankPlacement) -> str:
+        # One bundle per node of the rank (RankPlacement.bundles); the control node's has the control CPUs.
+        parts = []
+        for n, c in zip(r.nodes, r.devices, strict=True):
+            if n != r.control:
+                held = f"{dev}: {c}"
+            elif device == "CPU":
+                held = f'"CPU": {num(c + control_cpus)}'
+            else:
+                held = f'{dev}: {c}, "CPU": {num(control_cpus)}'
+            parts.append(f'{{"node": {q(n)}, "resources": {{{held}}}}}')
+        return "[" + ", ".join(parts) + "]"
+
+    bundles = per_device if plan.spec.bundles == "per_device" else per_node
 
     ranks = [
         f'{{"rank": {r.rank}, "local_rank": {r.local_rank}, "strategy": {q(r.strategy)}, '
@@ -197,7 +215,6 @@ def _parts(plan: Plan, q: Callable[[str], str]) -> list[tuple[str, str | list[st
             for n in plan.nodes
         ]
     else:
-        dev = q(device)
         nodes = [
             f'{{"id": {q(n.id)}, "ip": {q(n.ip)}, "head": {head[n.head]}, '
             f'"available": {{{dev}: {num(n.available.get(device, 0.0))}, '
@@ -207,11 +224,12 @@ def _parts(plan: Plan, q: Callable[[str], str]) -> list[tuple[str, str | list[st
         ]
     return [
         ("version", str(VERSION)),
-        ("spec", json.dumps(spec_to_document(plan.name, plan.spec), ensure_ascii=q is encode_basestring_ascii)),
+        ("spec", json.dumps(spec_to_document(plan.name, plan.spec), ensure_ascii=ascii_only)),
         ("ranks", ranks),
         ("nodes", nodes),
         ("skipped", [json.dumps(skip_to_document(s, device)) for s in plan.skipped]),
         ("warnings", [q(w) for w in plan.warnings]),
+        *((key, [json.dumps(item, ensure_ascii=ascii_only) for item in items]) for key, items in extra.items()),
         ("cluster_fingerprint", q(plan.fingerprint)),
     ]
 
@@ -323,7 +341,11 @@ def _spec(doc: Mapping[str, Any]) -> tuple[str, ResolvedSpec]:
     allow = doc.get("nodes", [])
     if not isinstance(allow, list) or not all(isinstance(n, str) and n.isprintable() for n in allow):
         raise PlanFileError(f"spec.nodes: must be a list of node ids or ips, got {show(allow)}")
+    layout = doc.get("bundles", "per_device")  # plan files written before layouts were per_device
+    if layout not in LAYOUTS:
+        raise PlanFileError(f"spec.bundles: must be one of {', '.join(LAYOUTS)}, got {show(layout)}")
     spec = ResolvedSpec(
+        bundles=layout,
         dp=_int(_field(doc, "dp", "spec"), "spec.dp", maximum=MAX_RANKS),
         dp_local=_int(_field(doc, "dp_local", "spec"), "spec.dp_local", maximum=MAX_RANKS),
         tp=_int(_field(doc, "tp", "spec"), "spec.tp", maximum=MAX_WORLD_SIZE),
@@ -341,46 +363,65 @@ def _spec(doc: Mapping[str, Any]) -> tuple[str, ResolvedSpec]:
 
 
 def _rank(raw: object, i: int, spec: ResolvedSpec) -> RankPlacement:
-    """A rank back from its bundles, which must have the shape plans have: devices node by node, then control."""
+    """A rank back from its bundles; they must be exactly the bundles a rank on those nodes has in the layout."""
     path = f"ranks[{i}]"
     r = _mapping(raw, path)
     raw_bundles = _list(_field(r, "bundles", path), f"{path}.bundles")
-    if len(raw_bundles) != spec.world_size + 1:
+    most = spec.world_size + 1 if spec.bundles == "per_device" else spec.world_size
+    if not 1 <= len(raw_bundles) <= most:
         raise PlanFileError(
-            f"{path}.bundles: expected {spec.world_size + 1} bundles (world_size + control), got {len(raw_bundles)}"
+            f"{path}.bundles: a rank of {spec.world_size} devices has 1 to {most} bundles, got {len(raw_bundles)}"
         )
-    nodes: list[str] = []
-    devices: list[int] = []
-    for j, raw_bundle in enumerate(raw_bundles[:-1]):
-        b = _mapping(raw_bundle, f"{path}.bundles[{j}]")
-        if _mapping(_field(b, "resources", f"{path}.bundles[{j}]"), f"{path}.bundles[{j}].resources") != {
-            spec.device: 1
-        }:
-            raise PlanFileError(f"{path}.bundles[{j}].resources: expected {{{spec.device}: 1}}")
-        node = _id(_field(b, "node", f"{path}.bundles[{j}]"), f"{path}.bundles[{j}].node")
-        if nodes and nodes[-1] == node:
-            devices[-1] += 1
-        else:
-            nodes.append(node)
-            devices.append(1)
-    last = f"{path}.bundles[{len(raw_bundles) - 1}]"
-    control = _mapping(raw_bundles[-1], last)
-    if _mapping(_field(control, "resources", last), f"{last}.resources") != {"CPU": spec.cpus}:
-        raise PlanFileError(f"{last}.resources: expected the control bundle {{CPU: {spec.cpus:g}}}")
-    listed = _list(_field(r, "nodes", path), f"{path}.nodes")
-    if listed != nodes:
-        raise PlanFileError(f"{path}.nodes: must list the nodes of its device bundles, in order")
+    bundles: list[tuple[str, dict[str, float]]] = []
+    for j, raw_bundle in enumerate(raw_bundles):
+        where = f"{path}.bundles[{j}]"
+        b = _mapping(raw_bundle, where)
+        amounts: dict[str, float] = {}
+        for key, value in _mapping(_field(b, "resources", where), f"{where}.resources").items():
+            if key not in (spec.device, "CPU") or type(value) not in (int, float) or not 0 < value <= MAX_AMOUNT:
+                raise PlanFileError(f"{where}.resources: must hold amounts of {spec.device} or CPU")
+            amounts[key] = float(value)
+        bundles.append((_id(_field(b, "node", where), f"{where}.node"), amounts))
+    nodes, devices, control = _placed(bundles, spec)
     strategy = _field(r, "strategy", path)
     if not isinstance(strategy, str):
         raise PlanFileError(f"{path}.strategy: must be a string, got {show(strategy)}")
-    return RankPlacement(
+    rank = RankPlacement(
         rank=_int(_field(r, "rank", path), f"{path}.rank", minimum=0, maximum=MAX_RANKS),
         local_rank=_int(_field(r, "local_rank", path), f"{path}.local_rank", minimum=0, maximum=MAX_RANKS),
         strategy=strategy,
-        nodes=tuple(nodes),
-        devices=tuple(devices),
-        control=_id(_field(control, "node", last), f"{last}.node"),
+        nodes=nodes,
+        devices=devices,
+        control=control,
     )
+    expected = [(b.node, dict(b.resources)) for b in rank.bundles(spec.device, spec.cpus, spec.bundles)]
+    if bundles != expected:
+        raise PlanFileError(
+            f"{path}.bundles: not the {spec.bundles} bundles of a rank of {spec.world_size} {spec.device} on "
+            f"{', '.join(nodes)} with {spec.cpus:g} control CPUs"
+        )
+    if _list(_field(r, "nodes", path), f"{path}.nodes") != list(nodes):
+        raise PlanFileError(f"{path}.nodes: must list the nodes of its bundles, in order")
+    return rank
+
+
+def _placed(
+    bundles: list[tuple[str, dict[str, float]]], spec: ResolvedSpec
+) -> tuple[tuple[str, ...], tuple[int, ...], str]:
+    """The nodes, devices per node and control node that bundles describe; their exact shape is checked after."""
+    devices: dict[str, int] = {}
+    if spec.bundles == "per_device":  # a bundle per device, node by node, then the control bundle
+        for node, _ in bundles[:-1]:
+            devices[node] = devices.get(node, 0) + 1
+        return tuple(devices), tuple(devices.values()), bundles[-1][0]
+    if spec.device == "CPU":  # one count per node: the control node's holds the control CPUs on top
+        totals = {node: amounts.get("CPU", 0.0) for node, amounts in bundles}
+        control = max(totals, key=lambda n: totals[n])
+        devices = {node: round(total - (spec.cpus if node == control else 0.0)) for node, total in totals.items()}
+        return tuple(devices), tuple(devices.values()), control
+    control = next((node for node, amounts in bundles if "CPU" in amounts), bundles[0][0])
+    devices = {node: round(amounts.get(spec.device, 0.0)) for node, amounts in bundles}
+    return tuple(devices), tuple(devices.values()), control
 
 
 def _node(raw: object, i: int, device: str) -> Node:

@@ -10,6 +10,11 @@ from typing import Literal, TypeGuard
 
 Pack = Literal["strict", "fill", "span"]
 PACKS: tuple[Pack, ...] = ("strict", "fill", "span")
+# How a rank's placement group is cut into bundles: one per node of the rank (its devices there, plus the
+# control CPUs on its control node), or the seed's layout of one bundle per device plus a control bundle,
+# kept for engines that start one Ray worker per device themselves.
+Layout = Literal["per_node", "per_device"]
+LAYOUTS: tuple[Layout, ...] = ("per_node", "per_device")
 
 # Ray placement strategy per pack mode: one rank per node, or a rank over several nodes.
 STRATEGY: Mapping[str, str] = {"strict": "STRICT_PACK", "fill": "STRICT_PACK", "span": "PACK"}
@@ -66,6 +71,7 @@ class Placement:
     master: str = "auto"
     nodes: tuple[str, ...] = ()  # allow-list of node ids or ips; empty = all
     cpus: float = 1.0
+    bundles: Layout | None = None  # None: what the engine needs (per_node unless it says otherwise)
 
     @property
     def world_size(self) -> int:
@@ -106,13 +112,31 @@ class RankPlacement:
     devices: tuple[int, ...]  # per entry of `nodes`
     control: str  # node of the control bundle, where the engine actor sits
 
-    def bundles(self, device: str, cpus: float) -> tuple[Bundle, ...]:
-        """The placement group's bundles: one per device, node by node, then the control bundle."""
-        one = ((device, 1.0),)
-        per_device = [
-            Bundle(node, one) for node, count in zip(self.nodes, self.devices, strict=True) for _ in range(count)
-        ]
-        return (*per_device, Bundle(self.control, (("CPU", cpus),)))
+    def bundles(self, device: str, cpus: float, layout: Layout = "per_node") -> tuple[Bundle, ...]:
+        """The placement group's bundles in `layout`.
+
+        per_node: one bundle per node of the rank, in order, with that node's devices; the control node's also
+        holds the control CPUs (one CPU count when the device is CPU itself). per_device: one bundle per
+        device, node by node, then the control bundle.
+        """
+        pairs = zip(self.nodes, self.devices, strict=True)
+        if layout == "per_device":
+            one = ((device, 1.0),)
+            per_device = [Bundle(node, one) for node, count in pairs for _ in range(count)]
+            return (*per_device, Bundle(self.control, (("CPU", cpus),)))
+        out = []
+        for node, count in pairs:
+            if node != self.control:
+                out.append(Bundle(node, ((device, float(count)),)))
+            elif device == "CPU":
+                out.append(Bundle(node, (("CPU", count + cpus),)))
+            else:
+                out.append(Bundle(node, ((device, float(count)), ("CPU", cpus))))
+        return tuple(out)
+
+    def control_bundle(self, layout: Layout) -> int:
+        """The index of the bundle the rank's engine actor takes its CPUs from."""
+        return sum(self.devices) if layout == "per_device" else self.nodes.index(self.control)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +169,13 @@ class ResolvedSpec(Placement):
     """
 
     dp_local: int = 1
+    bundles: Layout = "per_node"
 
     @classmethod
     def of(cls, spec: Placement, *, dp_local: int, master: str) -> ResolvedSpec:
         """`spec` with these values for what it left to the planner."""
         values = {f.name: getattr(spec, f.name) for f in fields(Placement)}
-        return cls(**{**values, "dp_local": dp_local, "master": master})
+        return cls(**{**values, "dp_local": dp_local, "master": master, "bundles": spec.bundles or "per_node"})
 
 
 class SkipReason(str, Enum):
@@ -199,8 +224,8 @@ class Plan:
     fingerprint: str
 
     def bundles(self, rank: RankPlacement) -> tuple[Bundle, ...]:
-        """A rank's placement-group bundles under this plan's device and control-bundle CPUs."""
-        return rank.bundles(self.spec.device, self.spec.cpus)
+        """A rank's placement-group bundles under this plan's device, control-bundle CPUs and layout."""
+        return rank.bundles(self.spec.device, self.spec.cpus, self.spec.bundles)
 
     def usage(self) -> Usage:
         """What the plan puts on each node (derived from its ranks)."""

@@ -12,10 +12,12 @@ from typing import TypeVar
 from dpctl_ray.errors import BadInput, InfeasibleError
 from dpctl_ray.planner.model import (
     GRANULARITY,
+    LAYOUTS,
     PACKS,
     STRATEGY,
     Infeasible,
     InfeasibleCode,
+    Layout,
     Node,
     Offer,
     Placement,
@@ -66,7 +68,8 @@ def plan(request: PlanRequest) -> Plan | Infeasible:
         raise SpecError("inventory: lists no node", hint="an inventory lists the cluster's nodes under `nodes:`")
     ordered = sorted(request.nodes, key=node_order_key)
     candidates, skipped, warnings = filter_nodes(ordered, spec, request.spelled)
-    run = Planning(request, Ledger.of(candidates, spec), skipped, cluster_fingerprint(request.nodes, spec.device))
+    fingerprint = cluster_fingerprint(request.nodes, spec.device, spec.bundles or "per_node")
+    run = Planning(request, Ledger.of(candidates, spec), skipped, fingerprint)
     master = _choose_master(run, candidates)
     if isinstance(master, Infeasible):
         return master
@@ -177,17 +180,22 @@ def check_spec(spec: Placement, spelled: Mapping[str, str] | None = None) -> Non
     cpus = spec.cpus
     if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus <= MAX_CPUS or units(cpus) <= 0:
         raise SpecError(f"{key('cpus')}: must be a number above 0 and at most {MAX_CPUS:g}, got {show(cpus)}")
+    if spec.bundles is not None and spec.bundles not in LAYOUTS:
+        raise SpecError(f"{key('bundles')}: must be one of {', '.join(LAYOUTS)}, got {show(spec.bundles)}")
     if not isinstance(spec.master, str) or not spec.master:
         raise SpecError(f"{key('master')}: must be auto, a node id or an ip, got {show(spec.master)}")
 
 
-def cluster_fingerprint(nodes: Iterable[Node], device: str) -> str:
-    """A digest of what planning reads (ids, ips, head, free devices and CPUs); a changed cluster changes it."""
+def cluster_fingerprint(nodes: Iterable[Node], device: str, layout: Layout = "per_node") -> str:
+    """A digest of what planning reads (ids, ips, head, free devices and CPUs), and of the bundle layout.
+
+    A changed cluster changes it, and so does planning the same cluster for the other layout.
+    """
     rows = sorted(
         f"{n.id}\t{n.ip}\t{n.head:d}\t{units(n.available.get(device, 0.0))}\t{units(n.available.get('CPU', 0.0))}"
         for n in nodes
     )
-    return hashlib.sha256("\n".join([f"v1\t{device}", *rows]).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join([f"v2\t{device}\t{layout}", *rows]).encode()).hexdigest()[:16]
 
 
 def node_order_key(node: Node) -> tuple[int, bytes, str, str]:

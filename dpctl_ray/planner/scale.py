@@ -50,7 +50,7 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
     spec = current.spec
     before = len(current.ranks)
     ordered = sorted(nodes, key=node_order_key)
-    fingerprint = cluster_fingerprint(nodes, spec.device)
+    fingerprint = cluster_fingerprint(nodes, spec.device, spec.bundles)
     if dp <= before:
         kept = current.ranks[:dp]
         after = dataclasses.replace(
