@@ -71,11 +71,38 @@ class LocalCluster:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeEnv:
+    """`cluster.runtime_env`: what Ray sets up for the engines on every node (paths absolute, URIs as given)."""
+
+    env_vars: tuple[tuple[str, str], ...] = ()
+    pip: tuple[str, ...] = ()
+    working_dir: str | None = None
+    py_modules: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.env_vars or self.pip or self.working_dir or self.py_modules)
+
+    def to_document(self) -> dict[str, Any]:
+        """The keys given, as in the config file (for comparing a new `up` with what runs)."""
+        doc: dict[str, Any] = {}
+        if self.env_vars:
+            doc["env_vars"] = dict(self.env_vars)
+        if self.pip:
+            doc["pip"] = list(self.pip)
+        if self.working_dir:
+            doc["working_dir"] = self.working_dir
+        if self.py_modules:
+            doc["py_modules"] = list(self.py_modules)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """Where the Ray cluster is: auto | local | host:port | ray://host:port."""
+    """Where the Ray cluster is: auto | local | host:port | ray://host:port; and the engines' runtime_env."""
 
     address: str = "auto"
     local: LocalCluster = field(default_factory=LocalCluster)
+    runtime_env: RuntimeEnv = field(default_factory=RuntimeEnv)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +128,9 @@ class Config:
 
 _KEYS: Mapping[str, tuple[str, ...]] = {
     "": ("name", "cluster", "placement", "engine", "timeouts"),
-    "cluster": ("address", "local"),
+    "cluster": ("address", "local", "runtime_env"),
     "cluster.local": ("nodes", "gpus_per_node", "cpus_per_node"),
+    "cluster.runtime_env": ("env_vars", "pip", "working_dir", "py_modules"),
     "placement": tuple(k.name for k in PLACEMENT_KEYS),
     "timeouts": ("placement", "ready"),
 }
@@ -152,6 +180,7 @@ def config_from_document(doc: object, source: str | None = None) -> Config:
                     maximum=MAX_LOCAL_DEVICES,
                 ),
             ),
+            runtime_env=runtime_env(cluster.get("runtime_env", {}), source),
         ),
         placement=placement_overrides(base.placement, placement, prefix="placement."),
         engine=engine_from_document(root.get("engine", {})),
@@ -161,6 +190,58 @@ def config_from_document(doc: object, source: str | None = None) -> Config:
         ),
         source=source,
     )
+
+
+def runtime_env(doc: object, source: str | None) -> RuntimeEnv:
+    """`cluster.runtime_env`, checked; local paths are relative to the config file and must exist."""
+    section = _section(doc, "cluster.runtime_env")
+    base = Path(source).resolve().parent if source else Path.cwd()
+    path = "cluster.runtime_env"
+    env_vars = section.get("env_vars", {})
+    if not isinstance(env_vars, Mapping):
+        raise ConfigError(f"{path}.env_vars: must map variable names to values, got {values.show(env_vars)}")
+    pairs = []
+    for key, value in env_vars.items():
+        values.env_name(key, f"{path}.env_vars")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}.env_vars.{key}: must be a string, got {values.show(value)}")
+        pairs.append((str(key), str(value)))
+    pip = section.get("pip", [])
+    if not isinstance(pip, list) or (not pip and "pip" in section):
+        raise ConfigError(
+            f"{path}.pip: must be a list of requirements, got {values.show(pip)}", hint='e.g. ["vllm==0.33.0"]'
+        )
+    requirements = tuple(values.text(r, f"{path}.pip[{i}]") for i, r in enumerate(pip))
+    working_dir = section.get("working_dir")
+    modules = section.get("py_modules", [])
+    if not isinstance(modules, list):
+        raise ConfigError(f"{path}.py_modules: must be a list of paths or URIs, got {values.show(modules)}")
+    return RuntimeEnv(
+        env_vars=tuple(pairs),
+        pip=requirements,
+        working_dir=None
+        if working_dir is None
+        else _local_path(working_dir, f"{path}.working_dir", base, dir_only=True),
+        py_modules=tuple(_local_path(m, f"{path}.py_modules[{i}]", base) for i, m in enumerate(modules)),
+    )
+
+
+def _local_path(value: object, path: str, base: Path, *, dir_only: bool = False) -> str:
+    """A URI as given (Ray fetches it), or a local path made absolute, which must exist here."""
+    text = values.text(value, path)
+    if "://" in text:
+        return text
+    where = (base / text).resolve()
+    if (dir_only and not where.is_dir()) or not where.exists():
+        kind = "a directory" if dir_only else "a directory or a .py file"
+        raise ConfigError(
+            f"{path}: {text} is not {kind} (looked at {where})", hint="paths are relative to the config file"
+        )
+    if not dir_only and where.is_file() and where.suffix != ".py":
+        raise ConfigError(
+            f"{path}: {text} is a file but not a .py module", hint="give a package directory or a .py file"
+        )
+    return str(where)
 
 
 def placement_overrides(base: Placement, given: Mapping[str, Any], prefix: str) -> Placement:

@@ -114,7 +114,7 @@ def test_unknown_placeholder_is_exit_2_with_a_suggestion(cli: Invoke, write_yaml
     [
         ("tests.engines_for_tests:NoStop", "does not implement the engine contract: no set_dp(), stop()"),
         ("tests.engines_for_tests:Missing", "has no class 'Missing'"),
-        ("no_such_module.engines:Engine", "cannot import 'no_such_module.engines'"),
+        ("no_such_module.engines:Engine", "no module named 'no_such_module' (looked in "),
     ],
     ids=["missing-methods", "missing-class", "missing-module"],
 )

@@ -157,7 +157,7 @@ def root(
 
 def _register() -> None:
     """Every command, in the order `--help` lists them."""
-    from dpctl_ray.cli import cluster_cmd, deploy_cmd, plan_cmd, status_cmd  # noqa: PLC0415 - after `app` exists
+    from dpctl_ray.cli import cluster_cmd, deploy_cmd, doctor_cmd, plan_cmd, status_cmd  # noqa: PLC0415 - after `app` exists
 
     app.command("plan")(plan_cmd.plan_command)
     app.command("inventory")(plan_cmd.inventory_command)
@@ -166,6 +166,7 @@ def _register() -> None:
     app.command("scale")(deploy_cmd.scale_command)
     app.command("logs")(status_cmd.logs_command)
     app.command("down")(deploy_cmd.down_command)
+    app.command("doctor")(doctor_cmd.doctor_command)
     app.add_typer(cluster_cmd.cluster_app)
 
 

@@ -16,7 +16,9 @@ from dpctl_ray.config import Config
 from dpctl_ray.engines.base import RankState
 from dpctl_ray.errors import BadInput, ClusterUnreachable
 from dpctl_ray.files import load_document
+from dpctl_ray.launcher import shipping
 from dpctl_ray.launcher.cluster import connect
+from dpctl_ray.launcher.progress import LaunchResult
 from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, status_document
 from dpctl_ray.planner.document import plan_from_document, plan_to_document
 from dpctl_ray.values import seconds
@@ -72,7 +74,7 @@ def up_command(
         if name is not None:
             planned = dataclasses.replace(planned, name=config.name)
         config = dataclasses.replace(config, name=planned.name)
-    with connect(config.cluster, start_local=True, say=console.info) as cluster:
+    with connect(config.cluster, start_local=True, say=console.info, ship=shipping.for_launch(config)) as cluster:
         result = cluster.up(
             config, planned=planned, observer=LiveView(config.name), keep_on_failure=keep_on_failure, recreate=recreate
         )
@@ -93,11 +95,20 @@ def load_plan_file(path: str) -> Plan:
         raise type(exc)(f"{path}: {exc.message}", hint=exc.hint) from None
 
 
+def _warn_unstreamed(launch: LaunchResult | None) -> None:
+    if launch is not None and launch.unstreamed:
+        console.warn(
+            f"no pyzmq on {', '.join(launch.unstreamed)}: readiness came through Ray, without live progress "
+            "(pip install pyzmq on the nodes; vLLM brings it)"
+        )
+
+
 def _report_up(cluster: Session, result: UpResult, output: options.Output) -> None:
     record = result.record
     if result.scaled is not None:
         _report_scale(cluster, result.scaled, output)
         return
+    _warn_unstreamed(result.launch)
     if result.already_running:
         console.info(f"{record.name} already runs with this spec ({plural(record.spec.dp, 'rank')}): nothing to do")
         statuses = cluster.status(record.name)
@@ -161,13 +172,14 @@ def scale_command(
     config = options.resolve_config(file, address=address, placement={"dp": dp})
     config = _with_timeouts(config, ready=("--timeout", timeout))
     target = name or config.name
-    with connect(config.cluster, start_local=False) as cluster:
+    with connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
         result = cluster.scale(target, config.placement.dp, config.timeouts, dry_run=dry_run, observer=LiveView(target))
         _report_scale(cluster, result, output)
 
 
 def _report_scale(cluster: Session, result: ScaleResult, output: options.Output) -> None:
     record, delta = result.record, result.delta
+    _warn_unstreamed(result.launch)
     if delta is None and result.restarted:
         took = f" in {result.launch.elapsed:.1f}s" if result.launch else ""
         console.info(f"{record.name}: restarted the group at {plural(len(record.ranks), 'rank')}{took}")

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
@@ -132,11 +133,11 @@ def resolve_engine(config: Config) -> Config:
     if not isinstance(config.engine, PythonSpec):
         return config
     try:
-        layout = declared_layout(load_engine_class(config.engine.cls))
+        layout = declared_layout(load_engine_class(config.engine.cls, engine_search_path(config)))
     except EngineError as exc:
         raise BadInput(
             str(exc),
-            hint="dpctl checks the class where you run it; it must also be importable on every node",
+            hint="dpctl looks for the class where you run it, then ships its module to the nodes",
             code="bad_engine",
         ) from None
     asked = config.placement.bundles
@@ -150,3 +151,10 @@ def resolve_engine(config: Config) -> Config:
             code="bad_engine",
         )
     return dataclasses.replace(config, placement=dataclasses.replace(config.placement, bundles=layout))
+
+
+def engine_search_path(config: Config) -> list[str]:
+    """Where a python engine's module is looked for first: the config file's directory, then the current one."""
+    dirs = [str(Path(config.source).resolve().parent)] if config.source else []
+    cwd = str(Path.cwd())
+    return dirs if cwd in dirs else [*dirs, cwd]

@@ -13,6 +13,7 @@ from dpctl_ray import values
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import STATUS_COLUMNS, status_rows, status_title, table
 from dpctl_ray.files import dump_yaml
+from dpctl_ray.launcher import shipping
 from dpctl_ray.launcher.cluster import connect
 from dpctl_ray.launcher.status import DeploymentStatus, status_document
 
@@ -62,7 +63,7 @@ def logs_command(
     lines = values.integer(tail, "--tail", minimum=0)
     ranks = [values.integer(r, "--rank", minimum=0) for r in rank] if rank else None
     config = options.resolve_config(file, address=address)
-    with connect(config.cluster, start_local=False) as cluster:
+    with connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:  # logs are read on nodes
         sources = cluster.log_sources(name or config.name, ranks)
         for source in sources:
             if not source.alive:

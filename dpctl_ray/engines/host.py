@@ -97,6 +97,8 @@ class EngineHost:
         self.log(
             f"dpctl: rank {spec.rank}, node {spec.node_index} on {self.ip}: devices {','.join(self.devices) or '-'}"
         )
+        if spec.stream and not self.reporter.streaming:
+            self.log("dpctl: no pyzmq on this node: readiness goes through Ray, without live progress")
         self.reporter.send(Phase.PLACED, "devices held", devices=self.devices, node=self.node, ip=self.ip)
 
     def _start_workers(self, placement_group: Any) -> tuple[str, ...]:
@@ -138,6 +140,7 @@ class EngineHost:
             worker_pids=self.worker_pids,
             log_path=self.log_path,
             workers=tuple(self.workers),
+            streaming=self.reporter.streaming or not self.reporter.address,
         )
 
     def start(self, work: Work, stream: str | None, token: str) -> HostReport:

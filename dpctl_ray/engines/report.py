@@ -20,8 +20,13 @@ class StreamReporter:
         self.last: Frame | None = None
         self._socket: Any = None
         self._context: Any = None
+        self.streaming = False
         if address:
-            import zmq  # noqa: PLC0415 - only engines that report import it
+            try:
+                import zmq  # noqa: PLC0415 - only engines that report import it
+            except ImportError:  # a node with Ray alone: readiness then comes through Ray's calls
+                return
+            self.streaming = True
 
             self._context = zmq.Context()
             sock = self._context.socket(zmq.PUSH)

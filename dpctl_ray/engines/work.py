@@ -48,6 +48,7 @@ class HostInfo:
     worker_pids: tuple[int, ...]
     log_path: str
     workers: tuple[Any, ...] = ()  # per_device: the device workers' actor handles
+    streaming: bool = True  # False: no pyzmq on the node, so no readiness stream from it
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, RuntimeEnvSetupError
 
 from dpctl_ray.config import Timeouts
 from dpctl_ray.engines.base import EngineContext
@@ -33,6 +33,7 @@ from dpctl_ray.launcher import objects
 from dpctl_ray.launcher.progress import LaunchObserver, LaunchResult, RankPhase, RankProgress
 from dpctl_ray.launcher.stream import ReadinessStream
 from dpctl_ray.planner.model import Plan, RankPlacement
+from dpctl_ray.values import one_line
 
 POLL_MS = 20
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -79,10 +80,12 @@ class Launch:
         master_port: int = 0,
         node_ips: dict[str, str] | None = None,
         keep: Sequence[RankPlacement] = (),
+        runtime_env: dict[str, Any] | None = None,
     ) -> None:
         self.plan = plan
         self.create = list(create)
         self.keep = list(keep)
+        self.runtime_env = runtime_env  # each new host's (see shipping.host_env)
         self.engine = engine
         self.timeouts = timeouts
         self.observer = observer
@@ -99,6 +102,7 @@ class Launch:
         self.hosts: dict[HostKey, Any] = {}
         self.infos: dict[HostKey, HostInfo] = {}
         self.serving: dict[int, tuple[int, ...]] = {}  # a host's rank -> the ranks its work serves
+        self.unstreamed: set[str] = set()  # ips of nodes whose hosts cannot stream (no pyzmq there)
 
     def run(self, *, keep_on_failure: bool = False) -> LaunchResult:
         """Create everything, wait for readiness; on any failure, Ctrl-C included, remove what was created."""
@@ -124,7 +128,9 @@ class Launch:
             if stream:
                 stream.close()
         self.observer.end(ok=True)
-        return LaunchResult(self.progress, time.monotonic() - started, dropped, self.token)
+        return LaunchResult(
+            self.progress, time.monotonic() - started, dropped, self.token, tuple(sorted(self.unstreamed))
+        )
 
     def _undo(self) -> None:
         stops = [host.stop.remote() for host in self.created.started]
@@ -165,7 +171,9 @@ class Launch:
                     log_dir=self.engine.log_dir,
                     base_port=self.engine.base_port,
                 )
-                host = objects.create_host(plan.name, rank, k, host_spec, created_groups[rank.rank], spec.cpus)
+                host = objects.create_host(
+                    plan.name, rank, k, host_spec, created_groups[rank.rank], spec.cpus, self.runtime_env
+                )
                 self.created.actors.append(host)
                 self.hosts[(rank.rank, k)] = host
         for rank in self.keep:
@@ -296,12 +304,23 @@ class Launch:
         rank = key[0]
         try:
             info: HostInfo = ray.get(ref, timeout=10)
+        except RuntimeEnvSetupError as exc:
+            message = runtime_env_failure(exc)
+            self._set(rank, RankPhase.FAILED, started, message)
+            raise LaunchFailed(
+                f"rank {rank}: Ray could not set up its runtime_env on the node: {message}",
+                hint="check cluster.runtime_env (a pip requirement must install on every node); "
+                "everything this launch created was removed",
+                code="runtime_env_failed",
+            ) from None
         except (RayActorError, RayTaskError) as exc:
             message = failure(exc)
             self._set(rank, RankPhase.FAILED, started, message)
             raise LaunchFailed(
                 f"rank {rank} failed to start: {message}", hint=FAILED_HINT, code="engine_failed"
             ) from None
+        if not info.streaming:
+            self.unstreamed.add(info.ip)
         progress = self.progress[rank]
         if self.ranks[rank].nodes[key[1]] == self.ranks[rank].control:
             progress.node, progress.ip = info.node, info.ip
@@ -444,6 +463,12 @@ def bind_ip() -> str | None:
         return str(ray.util.get_node_ip_address())
     except Exception:  # noqa: BLE001 - no address: readiness falls back to Ray's own signals
         return None
+
+
+def runtime_env_failure(exc: RuntimeEnvSetupError) -> str:
+    """The line of Ray's runtime_env error that says what failed (its last, after pip's or Ray's traceback)."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return one_line(lines[-1], 400) if lines else "Ray gave no reason"
 
 
 def failure(exc: RayActorError | RayTaskError) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dpctl_ray.config import ClusterConfig
 from dpctl_ray.errors import ClusterUnreachable
@@ -93,9 +93,17 @@ def _local(cluster: ClusterConfig, start_local: bool, say: Callable[[str], None]
 
 @contextmanager
 def connect(
-    cluster: ClusterConfig, *, start_local: bool = False, say: Callable[[str], None] = lambda _: None
+    cluster: ClusterConfig,
+    *,
+    start_local: bool = False,
+    say: Callable[[str], None] = lambda _: None,
+    ship: dict[str, Any] | None = None,
 ) -> Iterator[Session]:
-    """Resolve and join the cluster; everything Ray-side goes through the Session this yields."""
+    """Resolve and join the cluster; everything Ray-side goes through the Session this yields.
+
+    `ship`: the job's runtime_env, for a command that runs code on the nodes (`shipping.code_only()` or
+    `shipping.for_launch(config)`); None for one that does not.
+    """
     target = resolve(cluster, start_local=start_local, say=say)
     if "ray" in sys.modules and any(os.environ.get(k) != v for k, v in target.env.items()):
         msg = "ray was imported before connect() set its auth environment; Ray would ignore it"
@@ -106,5 +114,5 @@ def connect(
     # The one deferred import of the Ray side: Ray reads its auth settings when it is first imported.
     from dpctl_ray.launcher.session import Session  # noqa: PLC0415
 
-    with Session.join(target.address, target.source) as session:
+    with Session.join(target.address, target.source, ship) as session:
         yield session

@@ -16,7 +16,7 @@ import ray
 from dpctl_ray.config import Config, Timeouts
 from dpctl_ray.engines.processes import master_port
 from dpctl_ray.errors import BadInput, Busy, DpctlError
-from dpctl_ray.launcher import objects, records
+from dpctl_ray.launcher import objects, records, shipping
 from dpctl_ray.launcher.apply import Launch, bind_ip
 from dpctl_ray.launcher.nodes import snapshot
 from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase
@@ -136,7 +136,7 @@ def _converge(existing: Record, config: Config, *, planned: bool, observer: Obse
             hint="`dpctl up --plan FILE --recreate` replaces it, or `--name` deploys another",
             code="already_running",
         )
-    diff = records.differences(existing, config.placement, config.engine)
+    diff = records.differences(existing, config.placement, config.engine, config.cluster.runtime_env.to_document())
     if not diff:
         return UpResult(existing, None, None, already_running=True)
     if any((d.section, d.key) != ("placement", "dp") for d in diff):
@@ -155,6 +155,8 @@ def _converge(existing: Record, config: Config, *, planned: bool, observer: Obse
 def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: bool, nodes: tuple[Node, ...]) -> UpResult:
     ips = {n.id: n.ip for n in nodes}
     now = time.time()
+    job = shipping.current_job()
+    engine_env = shipping.engine_env(job, config.cluster.runtime_env)
     launch = Launch(
         plan,
         list(plan.ranks),
@@ -164,6 +166,7 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
         bind_ip=bind_ip(),
         node_ips=ips,
         master_port=master_port(plan.name, config.engine.master_port),
+        runtime_env=shipping.host_env(job, engine_env),
     )
     record = Record(
         name=plan.name,
@@ -176,6 +179,8 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
         created=now,
         updated=now,
         ranks=[RankRecord.planned(r, ips.get(r.control, "")) for r in plan.ranks],
+        env_request=config.cluster.runtime_env.to_document(),
+        runtime_env=engine_env,
     )
     records.save(record)  # first, so that `down` finds even a launch whose CLI is killed
     try:
@@ -268,6 +273,7 @@ def _scale_locked(record: Record, dp: int, timeouts: Timeouts, *, dry_run: bool,
             bind_ip=bind_ip(),
             node_ips=ips,
             master_port=master_port(record.name, record.engine.master_port),
+            runtime_env=shipping.host_env(shipping.current_job(), record.runtime_env),
         )
         try:
             launch = run.run()
@@ -345,6 +351,7 @@ def _run(
         bind_ip=bind_ip(),
         node_ips={n.id: n.ip for n in nodes},
         master_port=master_port(record.name, record.engine.master_port),
+        runtime_env=shipping.host_env(shipping.current_job(), record.runtime_env),
     ).run()
 
 

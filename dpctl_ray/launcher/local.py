@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from dpctl_ray.config import LocalCluster
@@ -73,6 +75,21 @@ class LocalState:
     def env(self) -> dict[str, str]:
         """What a process needs in its environment to talk to this cluster (token auth)."""
         return auth_env(self.token_file)
+
+
+def ray_version() -> str:
+    """The installed Ray's version, read without importing Ray (which reads its auth settings on import)."""
+    try:
+        return metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def token_auth_supported() -> bool:
+    """Whether the installed Ray has token authentication (newer than 2.49), found without importing Ray."""
+    spec = importlib.util.find_spec("ray")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return any((Path(where) / "_private" / "authentication").is_dir() for where in locations)
 
 
 def auth_env(token_file: str) -> dict[str, str]:
@@ -165,6 +182,8 @@ def start(shape: LocalCluster, say: Callable[[str], None]) -> LocalState:
         shape={"nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node, "cpus_per_node": shape.cpus_per_node},
         started=time.time(),
     )
+    if not token_auth_supported():
+        say(f"Ray {ray_version()} has no token authentication: the local cluster runs without it")
     if simulated and shape.gpus_per_node:
         say(
             f"no GPU on this machine: each worker node gets {shape.gpus_per_node} simulated GPUs "

@@ -38,7 +38,13 @@ def group_infeasible(group: PlacementGroup) -> bool:
 
 
 def create_host(
-    deployment: str, rank: RankPlacement, k: int, spec: HostSpec, group: PlacementGroup, cpus: float
+    deployment: str,
+    rank: RankPlacement,
+    k: int,
+    spec: HostSpec,
+    group: PlacementGroup,
+    cpus: float,
+    runtime_env: dict[str, Any] | None = None,
 ) -> Any:
     """The host of one rank's node `k`, detached and named, on that node's bundle, claiming what it holds.
 
@@ -70,6 +76,7 @@ def create_host(
             group, placement_group_bundle_index=bundle, placement_group_capture_child_tasks=False
         ),
         **claim,
+        **({"runtime_env": runtime_env} if runtime_env is not None else {}),
     ).remote(spec, group)
 
 

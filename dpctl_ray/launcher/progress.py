@@ -82,3 +82,4 @@ class LaunchResult:
     elapsed: float
     dropped: dict[str, int]
     token: str
+    unstreamed: tuple[str, ...] = ()  # nodes (ips) without pyzmq: their ranks reported through Ray only

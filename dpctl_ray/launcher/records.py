@@ -124,6 +124,8 @@ class Record:
     updated: float
     ranks: list[RankRecord] = field(default_factory=list)
     version: int = 1
+    env_request: dict[str, Any] = field(default_factory=dict)  # cluster.runtime_env as given (paths)
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # what Ray made of it (URIs): every host gets it
 
     def to_json(self) -> bytes:
         """The stored form."""
@@ -139,6 +141,8 @@ class Record:
             "updated": self.updated,
             "ranks": [dataclasses.asdict(r) for r in self.ranks],
             "version": self.version,
+            "env_request": self.env_request,
+            "runtime_env": self.runtime_env,
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -161,12 +165,20 @@ class Record:
             updated=raw["updated"],
             ranks=[RankRecord(**r) for r in raw["ranks"]],
             version=raw.get("version", 1),
+            env_request=_mapping(raw.get("env_request", {}), "env_request"),
+            runtime_env=_mapping(raw.get("runtime_env", {}), "runtime_env"),
         )
 
     def plan(self) -> Plan:
         """The running deployment as a plan: its resolved spec and its ranks (what the scale planner starts from)."""
         ranks = tuple(r.placement(STRATEGY[self.spec.pack]) for r in sorted(self.ranks, key=lambda r: r.rank))
         return Plan(self.name, dataclasses.replace(self.spec, dp=len(ranks)), ranks, (), (), (), "")
+
+
+def _mapping(value: object, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadInput(f"a deployment record's {key} is not a mapping, {show(value)}", code="bad_record")
+    return value
 
 
 def request_document(spec: Placement) -> dict[str, Any]:
@@ -189,12 +201,15 @@ class Difference:
         return f"{self.section}.{self.key}: {self.old!r} -> {self.new!r}"
 
 
-def differences(record: Record, request: Placement, engine: EngineSpec) -> list[Difference]:
+def differences(
+    record: Record, request: Placement, engine: EngineSpec, env_request: dict[str, Any] | None = None
+) -> list[Difference]:
     """What a new request changes about a running deployment, key by key."""
     out = []
     for section, old, new in (
         ("placement", request_document(record.request), request_document(request)),
         ("engine", record.engine.to_document(), engine.to_document()),
+        ("cluster.runtime_env", record.env_request, record.env_request if env_request is None else env_request),
     ):
         out += [
             Difference(section, key, old.get(key), new.get(key))

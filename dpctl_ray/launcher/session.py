@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray
 
 from dpctl_ray.config import Config, Timeouts
 from dpctl_ray.errors import BadInput, ClusterUnreachable
-from dpctl_ray.launcher import lifecycle, logs, nodes, observe, records
+from dpctl_ray.launcher import doctor, lifecycle, logs, nodes, observe, records
 from dpctl_ray.launcher.progress import Observer
 from dpctl_ray.launcher.status import DeploymentStatus
-from dpctl_ray.planner.model import Node, Plan
+from dpctl_ray.planner.model import Node, Placement, Plan
+from dpctl_ray.values import one_line
 
 
 class Session:
@@ -22,28 +25,37 @@ class Session:
 
     @classmethod
     @contextmanager
-    def join(cls, address: str, source: str) -> Iterator[Session]:
-        """Join the cluster at `address` as a driver in the dpctl namespace; leave it on exit."""
+    def join(cls, address: str, source: str, runtime_env: dict[str, Any] | None = None) -> Iterator[Session]:
+        """Join the cluster at `address` as a driver in the dpctl namespace; leave it on exit.
+
+        `runtime_env`: the job's, for commands that run code on the nodes (see `shipping`).
+        """
         if ray.is_initialized():
             ray.shutdown()
         try:
-            ray.init(address=address, namespace=records.NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ClusterUnreachable(
-                f"cannot join the Ray cluster at {address} ({source}): {str(exc).splitlines()[0]}",
-                hint="with token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or ~/.ray/auth_token)",
-            ) from None
+            ray.init(
+                address=address,
+                namespace=records.NAMESPACE,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                runtime_env=runtime_env,
+            )
+        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+            raise _join_error(exc, address, source) from None
         # A failed launch abandons the calls still running on the hosts it stops; their errors are already
         # reported in dpctl's own words, so Ray's "Unhandled error" dumps of them are not printed.
         quiet = "RAY_IGNORE_UNHANDLED_ERRORS" not in os.environ
         if quiet:
             os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
         try:
-            yield cls()
+            yield cls(address)
         finally:
             ray.shutdown()
             if quiet:
                 os.environ.pop("RAY_IGNORE_UNHANDLED_ERRORS", None)
+
+    def __init__(self, address: str) -> None:
+        self.address = address
 
     def snapshot(self) -> tuple[Node, ...]:
         """The alive nodes, with what they have free now."""
@@ -81,6 +93,10 @@ class Session:
             )
         return statuses
 
+    def doctor(self, placement: Placement) -> doctor.Report:
+        """A preflight of this cluster: every node probed with a shipped task (see `doctor.run`)."""
+        return doctor.run(self.address, placement)
+
     def log_sources(self, name: str, ranks: list[int] | None) -> list[logs.LogSource]:
         """Where each rank's log is."""
         return logs.log_sources(name, ranks)
@@ -88,3 +104,45 @@ class Session:
     def read_logs(self, sources: list[logs.LogSource], *, tail: int | None) -> dict[int, str]:
         """New text of each rank's log (`tail` lines the first time)."""
         return logs.read_logs(sources, tail=tail)
+
+
+_VERSIONS = re.compile(
+    r"started with:\s+Ray: (\S+)\s+Python: (\S+)\s+This process.*?Ray: (\S+)\s+Python: (\S+)", re.DOTALL
+)
+
+
+def _join_error(exc: Exception, address: str, source: str) -> ClusterUnreachable:
+    """Why `ray.init` failed, in dpctl's words: a version mismatch and a refused runtime_env say what to do."""
+    text = str(exc)
+    versions = _VERSIONS.search(text)
+    if versions:
+        cluster_ray, cluster_py, my_ray, my_py = versions.groups()
+        if cluster_ray != my_ray:
+            return ClusterUnreachable(
+                f"the cluster at {address} runs Ray {cluster_ray} (Python {cluster_py}); dpctl here runs Ray {my_ray}",
+                hint=f'a driver must match its cluster\'s Ray: where dpctl runs, pip install "ray=={cluster_ray}"',
+                code="version_mismatch",
+            )
+        return ClusterUnreachable(
+            f"the cluster at {address} runs Python {cluster_py}; dpctl here runs under Python {my_py} (Ray {my_ray})",
+            hint=f"run dpctl with Python {cluster_py} (Ray compares Python versions down to the patch level)",
+            code="version_mismatch",
+        )
+    if "'uv run'" in text and "pip" in text:
+        return ClusterUnreachable(
+            "cluster.runtime_env.pip cannot be used while dpctl runs under `uv run`: Ray's uv hook runs the nodes' "
+            "workers in the project's own environment",
+            hint="add the packages to the project, or run an installed dpctl (or set RAY_ENABLE_UV_RUN_RUNTIME_ENV=0)",
+            code="bad_runtime_env",
+        )
+    if "runtime_env" in text or "py_modules" in text or "working_dir" in text:
+        return ClusterUnreachable(
+            f"Ray refused the runtime_env to ship to {address}: {one_line(text, 300)}",
+            hint="check cluster.runtime_env in the config",
+            code="bad_runtime_env",
+        )
+    first = text.splitlines()[0] if text.strip() else type(exc).__name__
+    return ClusterUnreachable(
+        f"cannot join the Ray cluster at {address} ({source}): {one_line(first, 300)}",
+        hint="with token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or ~/.ray/auth_token)",
+    )
