@@ -35,10 +35,11 @@ def main() -> None:
     subprocess.run([*dpctl, "cluster", "up", "--nodes", "1", "--gpus-per-node", "1"], env=env, check=True)
     try:
         os.environ.update({"DPCTL_HOME": str(home), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
-        from dpctl_ray.launcher import local
+        from dpctl_ray.launcher import local  # noqa: PLC0415 - after DPCTL_HOME is set
 
         state = local.running_state()
-        assert state is not None
+        if state is None:
+            sys.exit("the bench's local cluster did not start")
         os.environ.update(state.env())
         run(state.address, args.rounds)
     finally:
@@ -47,13 +48,13 @@ def main() -> None:
 
 
 def run(address: str, rounds: int) -> None:
-    import ray
+    import ray  # noqa: PLC0415 - after the cluster's auth environment is set
 
-    from dpctl_ray.launcher import shipping
+    from dpctl_ray.launcher import shipping  # noqa: PLC0415
 
     @ray.remote(num_cpus=0, num_gpus=1)  # on the worker (the head has no GPU)
     def touch() -> str:
-        import dpctl_ray
+        import dpctl_ray  # noqa: PLC0415 - on the node: the shipped package
 
         return str(dpctl_ray.__file__)
 

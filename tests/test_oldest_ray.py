@@ -109,6 +109,12 @@ def test_the_oldest_supported_ray_runs_the_whole_life(old_dpctl: tuple[Path, dic
     assert f'pip install "ray=={OLDEST_RAY}"' in hint
     assert "Traceback" not in mismatch.stderr
 
+    # This venv has dpctl without its client extra: a ray:// address says which extra to install.
+    client = run("status", "--address", "ray://127.0.0.1:10001")
+    assert client.returncode == 2, client.stderr
+    assert "is a Ray Client address, and Ray Client needs grpcio" in client.stderr
+    assert "pip install 'dpctl-ray[client]'" in client.stderr
+
     down = run("down", "old")
     assert down.returncode == 0, down.stderr
     assert json.loads(run("status", "-o", "json").stdout)["deployments"] == []

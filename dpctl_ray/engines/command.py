@@ -48,6 +48,8 @@ class CommandEngine:
         self.returncode: int | None = None
         self.proc_log_start = 0
         self._waiter: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False  # stop() came first: the process must not start afterwards
 
     def start(self, log: Callable[[str], None], progress: Progress) -> None:
         """Start the process; return when its readiness check passes (at once when headless), raise if it exits."""
@@ -91,7 +93,9 @@ class CommandEngine:
             # This thread starts the process and waits for it, so it lives exactly as long as the process
             # (the kernel's parent-death signal follows the thread that forked it).
             try:
-                with open(self.log_path, "ab") as log:  # noqa: PTH123
+                with self._lock, open(self.log_path, "ab") as log:  # noqa: PTH123
+                    if self._stopped:
+                        raise OSError("stopped before it started")  # noqa: TRY301 - reported like a failed spawn
                     self.proc = subprocess.Popen(  # noqa: S603 - the user's own argv, never a shell
                         argv,
                         stdin=subprocess.DEVNULL,
@@ -151,19 +155,26 @@ class CommandEngine:
         return self.returncode if self.returncode is not None else -1
 
     def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after the grace period; return when it is gone."""
-        if self.proc is None:
+        """SIGTERM the process group, SIGKILL it after the grace period; return when it is gone.
+
+        Called before the process was spawned (a launch undone while this rank was starting), it keeps it from
+        ever starting.
+        """
+        with self._lock:
+            self._stopped = True
+            proc = self.proc
+        if proc is None:
             return
-        pgid = self.proc.pid
+        pgid = proc.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace
-        while self.proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)  # also whatever it started and left behind
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+            proc.wait(timeout=5)
 
     @property
     def pid(self) -> int | None:

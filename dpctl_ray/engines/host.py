@@ -94,6 +94,7 @@ class EngineHost:
         self.engine: Engine | None = None
         self.process: CommandEngine | None = None
         self._lock = threading.Lock()
+        self._cancelled: set[str] = set()  # tokens of launches undone: their start() calls start nothing
         self.log(
             f"dpctl: rank {spec.rank}, node {spec.node_index} on {self.ip}: devices {','.join(self.devices) or '-'}"
         )
@@ -153,18 +154,20 @@ class EngineHost:
             self.reporter.close()
             self.reporter = StreamReporter(stream, self.spec.deployment, token, self.spec.rank)
         with self._lock:
+            if token in self._cancelled:  # the launch was undone before this call ran: start nothing
+                raise EngineError("stopped before it started (its launch was undone)")
             self.work, self.state, self.detail = work, RankState.STARTING, "starting"
             self.dp = work.dp if isinstance(work, ProcessWork) else work.ctx.dp
+            # Made under the lock, so that a stop() from here on finds what to stop.
+            engine = make_engine(work.spec) if isinstance(work, EngineWork) else None
+            process = CommandEngine(work, self.log_path, self.ip) if isinstance(work, ProcessWork) else None
+            self.engine, self.process = engine, process
         self.reporter.send(Phase.STARTING, "starting", devices=self.devices, node=self.node, ip=self.ip)
         try:
-            if isinstance(work, EngineWork):
-                ctx = dataclasses.replace(work.ctx, log_path=self.log_path)
-                engine = make_engine(work.spec)
-                self.engine = engine
-                engine.start(ctx, self.reporter)
-            else:
-                self.process = CommandEngine(work, self.log_path, self.ip)
-                self.process.start(self.log, self.reporter)
+            if engine is not None and isinstance(work, EngineWork):
+                engine.start(dataclasses.replace(work.ctx, log_path=self.log_path), self.reporter)
+            elif process is not None:
+                process.start(self.log, self.reporter)
         except Exception as exc:  # noqa: BLE001 - whatever an engine raises fails its rank, in its own words
             message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
             self.log(f"dpctl: failed to start: {message}")
@@ -223,12 +226,20 @@ class EngineHost:
             self.engine.set_dp(dp)
         self.log(f"dpctl: the deployment now has {dp} ranks")
 
-    def stop(self) -> None:
-        """End this host's work (a process gets SIGTERM, then SIGKILL); the devices stay held."""
-        if self.engine is not None:
-            self.engine.stop()
-        if self.process is not None:
-            self.process.stop()
+    def stop(self, token: str | None = None) -> None:
+        """End this host's work (a process gets SIGTERM, then SIGKILL); the devices stay held.
+
+        `token`: the launch being undone. A start() of that launch still queued behind this call (the host
+        runs calls concurrently) then starts nothing.
+        """
+        with self._lock:
+            if token is not None:
+                self._cancelled.add(token)
+            engine, process = self.engine, self.process
+        if engine is not None:
+            engine.stop()
+        if process is not None:
+            process.stop()
         self.engine, self.process, self.work = None, None, None
         self.state, self.detail = RankState.STARTING, "stopped"
         self.log("dpctl: stopped")

@@ -133,7 +133,7 @@ class Launch:
         )
 
     def _undo(self) -> None:
-        stops = [host.stop.remote() for host in self.created.started]
+        stops = [host.stop.remote(self.token) for host in self.created.started]
         if stops:
             ray.wait(stops, num_returns=len(stops), timeout=self.engine.stop_seconds() + 10)
         objects.remove(self.created.groups, self.created.actors)
@@ -459,6 +459,8 @@ def _ready(refs: dict[Any, Any]) -> list[Any]:
 
 def bind_ip() -> str | None:
     """Where engines can reach this driver: its node's address as Ray sees it (none for Ray Client)."""
+    if ray.util.client.ray.is_connected():
+        return None  # a Ray Client driver is outside the cluster: readiness comes through Ray's signals
     try:
         return str(ray.util.get_node_ip_address())
     except Exception:  # noqa: BLE001 - no address: readiness falls back to Ray's own signals

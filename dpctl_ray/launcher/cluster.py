@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -57,6 +58,12 @@ def resolve(cluster: ClusterConfig, *, start_local: bool, say: Callable[[str], N
 
 
 def _explicit(address: str, source: str) -> Target:
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise ClusterUnreachable(
+            f"{address} (from {source}) is a Ray Client address, and Ray Client needs grpcio",
+            hint="pip install 'dpctl-ray[client]', or use the GCS address (host:6379) inside the cluster's network",
+            code="client_extra_missing",
+        )
     state = local.running_state()
     if state is not None and address in (state.address, f"ray://{state.address}"):
         return Target(state.address, f"local cluster (from {source})", state.env(), state)
@@ -114,5 +121,9 @@ def connect(
     # The one deferred import of the Ray side: Ray reads its auth settings when it is first imported.
     from dpctl_ray.launcher.session import Session  # noqa: PLC0415
 
+    if target.address.startswith("ray://") and ship is None:
+        from dpctl_ray.launcher import shipping  # noqa: PLC0415 - only for Ray Client
+
+        ship = shipping.code_only()  # through Ray Client, dpctl reads the GCS with tasks in the cluster
     with Session.join(target.address, target.source, ship) as session:
         yield session

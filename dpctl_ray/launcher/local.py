@@ -63,6 +63,7 @@ class LocalState:
     shape: dict[str, int]
     nodes: list[LocalNode] = field(default_factory=list)
     started: float = 0.0
+    client_port: int = 0  # the head's Ray Client server (ray://), when grpcio is installed
 
     def save(self) -> None:
         """Write the record atomically (a crash mid-write must not lose the PIDs)."""
@@ -197,6 +198,9 @@ def start(shape: LocalCluster, say: Callable[[str], None]) -> LocalState:
             # No dashboard; its port must not clash with another Ray cluster on this machine either.
             *("--include-dashboard", "false", "--dashboard-port", str(_free_port())),
         ]
+        if importlib.util.find_spec("grpc") is not None:  # the head then serves Ray Client: not on a fixed port
+            state.client_port = _free_port()
+            head_args += ["--ray-client-server-port", str(state.client_port)]
         head = _start_node(state, "head", None, 0, 1, head_args)
         state.address = f"{_head_ip(head)}:{port}"
         state.save()
@@ -273,6 +277,9 @@ def _start_node(state: LocalState, name: str, visible: str | None, gpus: int, cp
     env.pop("RAY_ADDRESS", None)
     # Every actor is a fresh Python worker: without cached bytecode each one compiles Ray again (~0.5 s CPU).
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    # Nodes are not drivers: the head's Ray Client server would otherwise apply Ray's uv hook of the shell
+    # that ran `uv run dpctl cluster up`, and ask every client's job for that shell's directory.
+    env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
     ray = str(Path(sys.executable).with_name("ray"))

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import ray
 from ray._private.state import state as gcs_state  # per-node availability; the public API needs the dashboard
+from ray.exceptions import RuntimeEnvSetupError
 
+from dpctl_ray.errors import ClusterUnreachable
 from dpctl_ray.planner.model import Node
+from dpctl_ray.values import one_line
 
 NODE_ID_LABEL = "ray.io/node-id"
 
 
 def snapshot() -> tuple[Node, ...]:
-    """Alive nodes with totals, free resources and labels."""
+    """Alive nodes with totals, free resources and labels (through Ray Client, read by a task in the cluster)."""
+    if ray.util.client.ray.is_connected():
+        try:
+            nodes: tuple[Node, ...] = ray.get(_in_cluster.remote())
+        except RuntimeEnvSetupError as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise ClusterUnreachable(
+                f"through Ray Client, dpctl reads the cluster with a task in it, and Ray could not ship dpctl's code "
+                f"for it: {one_line(lines[-1] if lines else 'no reason given', 300)}",
+                hint="`dpctl doctor` checks code shipping; or run dpctl on a node with the GCS address (host:6379)",
+                code="client_failed",
+            ) from None
+        return nodes
+    return _snapshot()
+
+
+def _snapshot() -> tuple[Node, ...]:
     available = gcs_state.available_resources_per_node()
     nodes = []
     for raw in ray.nodes():
@@ -37,3 +56,6 @@ def snapshot() -> tuple[Node, ...]:
 def alive() -> set[str]:
     """Ids of the nodes that are alive now."""
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
+_in_cluster = ray.remote(num_cpus=0)(_snapshot)  # the GCS state API works only in the cluster's own processes
