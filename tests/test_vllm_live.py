@@ -218,8 +218,8 @@ def test_multinode_ranks_run_a_process_per_node_and_scale_alone(live: LocalState
         down_leaves_nothing(live, name)
 
 
-def test_a_crashed_process_fails_the_whole_group(live: LocalState, tmp_path: Path) -> None:
-    """Killing one rank's process in a group makes every rank FAILED, naming the process that failed."""
+def test_a_crashed_process_fails_the_whole_group_and_repair_restarts_it(live: LocalState, tmp_path: Path) -> None:
+    """Killing one rank's process in a group makes every rank FAILED, naming it; `repair` restarts the group."""
     name = "v-crash"
     config = fake_vllm_config(tmp_path, name, preset="vllm-moe-external-lb", placement={"dp": 3, "tp": 1})
     assert dpctl("up", "-f", config).returncode == 0
@@ -235,6 +235,15 @@ def test_a_crashed_process_fails_the_whole_group(live: LocalState, tmp_path: Pat
         ranks = wait_for(failed, timeout=30)["ranks"]
         for rank in ranks:
             assert f"the process of ranks 2 on {victim['ip']} failed: process exited with code -9" in rank["detail"]
+
+        # `repair` restarts the whole group (its ranks are coupled): every process new, at the same size.
+        repaired = dpctl("repair", name)
+        assert repaired.returncode == 0, repaired.stderr
+        assert "repaired 3 ranks" in repaired.stderr
+        assert "the group restarted" in repaired.stderr
+        after = ready_at(name, 3)
+        assert not {p["pid"] for p in status["processes"]} & {p["pid"] for p in after["processes"]}
+        assert [flag(p["argv"], "--data-parallel-size") for p in after["processes"]] == ["3", "3", "3"]
     finally:
         down_leaves_nothing(live, name)
 

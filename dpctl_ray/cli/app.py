@@ -165,6 +165,7 @@ def _register() -> None:
     app.command("status")(status_cmd.status_command)
     app.command("scale")(deploy_cmd.scale_command)
     app.command("logs")(status_cmd.logs_command)
+    app.command("repair")(deploy_cmd.repair_command)
     app.command("down")(deploy_cmd.down_command)
     app.command("doctor")(doctor_cmd.doctor_command)
     app.add_typer(cluster_cmd.cluster_app)

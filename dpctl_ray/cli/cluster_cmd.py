@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -12,6 +12,7 @@ from dpctl_ray import values
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import Column, table
 from dpctl_ray.config import MAX_LOCAL_DEVICES, MAX_LOCAL_NODES, load_config
+from dpctl_ray.errors import BadInput
 
 if TYPE_CHECKING:
     from dpctl_ray.launcher.local import LocalState
@@ -86,6 +87,33 @@ def cluster_status(output: options.OutputOpt = options.Output.table) -> None:
         console.info("no local cluster; `dpctl cluster up` starts one")
         return
     _show(state)
+
+
+@cluster_app.command("kill-node")
+def cluster_kill_node(
+    node: Annotated[str, typer.Argument(help="A worker's name, e.g. worker-2 (`dpctl cluster status`).")],
+) -> None:
+    """SIGKILL one worker node, as if its machine died: rehearse `dpctl repair` on this machine."""
+    from dpctl_ray.launcher import local  # noqa: PLC0415
+
+    state = _running(local)
+    killed = local.kill_node(state, node)
+    console.info(f"killed {killed.name} ({killed.ip}, pid {killed.pid}); Ray marks it dead within seconds")
+
+
+@cluster_app.command("add-node")
+def cluster_add_node() -> None:
+    """Start one more worker node of the cluster's shape, on the next free loopback address."""
+    from dpctl_ray.launcher import local  # noqa: PLC0415
+
+    local.add_node(_running(local), say=console.info)
+
+
+def _running(local: Any) -> LocalState:
+    state = local.running_state()
+    if state is None:
+        raise BadInput("no local cluster is running", hint="`dpctl cluster up` starts one")
+    return state  # type: ignore[no-any-return]
 
 
 @cluster_app.command("down")

@@ -10,7 +10,7 @@ import typer
 
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.live import LiveView
-from dpctl_ray.cli.render import RANK_COLUMNS, delta_rows, delta_title, plural, table
+from dpctl_ray.cli.render import RANK_COLUMNS, Column, delta_rows, delta_title, plural, table
 from dpctl_ray.cli.status_cmd import NameArg, print_document, show_statuses
 from dpctl_ray.config import Config
 from dpctl_ray.engines.base import RankState
@@ -24,7 +24,7 @@ from dpctl_ray.planner.document import plan_from_document, plan_to_document
 from dpctl_ray.values import seconds
 
 if TYPE_CHECKING:
-    from dpctl_ray.launcher.lifecycle import DownResult, ScaleResult, UpResult
+    from dpctl_ray.launcher.lifecycle import DownResult, RepairResult, ScaleResult, UpResult
     from dpctl_ray.launcher.session import Session
     from dpctl_ray.planner.model import Plan
 
@@ -232,6 +232,87 @@ def _report_scale(cluster: Session, result: ScaleResult, output: options.Output)
         show_statuses(statuses)
     else:
         print_document(status_document(statuses), output)
+
+
+def repair_command(
+    name: NameArg = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show which ranks move where; change nothing.")] = False,
+    timeout: Annotated[
+        Optional[str],
+        typer.Option("--timeout", help="Seconds for repaired ranks to be ready (timeouts.ready).", metavar="S"),
+    ] = None,
+    file: options.ConfigFile = None,
+    address: options.Address = None,
+    output: options.OutputOpt = options.Output.table,
+) -> None:
+    """Place lost ranks again (node gone, engine dead, process exited, failed): the healthy ones are not touched."""
+    config = options.resolve_config(file, address=address)
+    config = _with_timeouts(config, ready=("--timeout", timeout))
+    target = name or config.name
+    with connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
+        result = cluster.repair(target, config.timeouts, dry_run=dry_run, observer=LiveView(target))
+        _report_repair(cluster, result, output)
+
+
+def _report_repair(cluster: Session, result: RepairResult, output: options.Output) -> None:
+    record, fix = result.record, result.repair
+    if fix is None:
+        console.info(f"{record.name}: every rank is healthy: nothing to repair")
+    else:
+        ips = {n.id: n.ip for n in fix.plan.nodes}
+        rows = [
+            (
+                str(m.rank),
+                m.cause,
+                _where(m.before.nodes, ips),
+                _where(m.after.nodes, ips),
+                "same node" if m.in_place else "moved",
+            )
+            for m in fix.moves
+        ]
+        if result.dry_run:
+            if output is not options.Output.table:
+                print_document(
+                    {
+                        "name": record.name,
+                        "restart": result.restarted,
+                        "moves": [
+                            {
+                                "rank": m.rank,
+                                "cause": m.cause,
+                                "from": list(m.before.nodes),
+                                "to": list(m.after.nodes),
+                                "local_rank": m.after.local_rank,
+                                "in_place": m.in_place,
+                            }
+                            for m in fix.moves
+                        ],
+                    },
+                    output,
+                )
+                return
+            console.print_data(table(REPAIR_COLUMNS, rows, title=f"{record.name}: repair {plural(len(rows), 'rank')}"))
+            if result.restarted:
+                console.info("the ranks are group-coupled: every rank's process restarts with the repaired ones")
+            console.info("dry run: nothing changed")
+            return
+        _warn_unstreamed(result.launch)
+        took = f" in {result.launch.elapsed:.1f}s" if result.launch else ""
+        moved = ", ".join(f"{m.rank} -> {_where(m.after.nodes, ips)}" for m in fix.moves)
+        group = "; the group restarted" if result.restarted else "; the other ranks kept running"
+        console.info(f"{record.name}: repaired {plural(len(rows), 'rank')}{took} ({moved}){group}")
+    statuses = cluster.status(record.name)
+    if output is options.Output.table:
+        show_statuses(statuses)
+    else:
+        print_document(status_document(statuses), output)
+
+
+REPAIR_COLUMNS = (Column("rank", "right"), Column("cause"), Column("from"), Column("to"), Column("move"))
+
+
+def _where(node_ids: tuple[str, ...], ips: dict[str, str]) -> str:
+    return "+".join(ips.get(n, f"{n[:8]} (gone)") for n in node_ids)
 
 
 def down_command(

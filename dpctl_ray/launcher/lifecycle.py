@@ -14,18 +14,33 @@ from dataclasses import dataclass, field
 import ray
 
 from dpctl_ray.config import Config, Timeouts
+from dpctl_ray.engines.base import RankState
 from dpctl_ray.engines.processes import master_port
-from dpctl_ray.errors import BadInput, Busy, DpctlError
-from dpctl_ray.launcher import objects, records, shipping
+from dpctl_ray.errors import BadInput, Busy, DpctlError, InfeasibleError
+from dpctl_ray.launcher import nodes as nodes_of
+from dpctl_ray.launcher import objects, observe, records, shipping
 from dpctl_ray.launcher.apply import Launch, bind_ip
 from dpctl_ray.launcher.nodes import snapshot
 from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase
 from dpctl_ray.launcher.records import DeploymentState, RankRecord, Record
-from dpctl_ray.planner import Node, Plan, PlanRequest, RankPlacement, cluster_fingerprint, feasible, plan
+from dpctl_ray.planner import (
+    Infeasible,
+    Node,
+    Plan,
+    PlanRequest,
+    RankPlacement,
+    cluster_fingerprint,
+    feasible,
+    plan,
+)
+from dpctl_ray.planner import repair as repairing
 from dpctl_ray.planner import scale as scaling
+from dpctl_ray.planner.repair import RepairPlan
 from dpctl_ray.planner.scale import ScalePlan
 from dpctl_ray.planner.verify import check_fits
 
+# A command killed in these states left work half done; the next command on the deployment finishes it.
+RECOVERABLE = (DeploymentState.SCALING, DeploymentState.RESTARTING, DeploymentState.REPAIRING)
 STOP_TIMEOUT = 10.0  # beyond the engine's own stop grace
 SET_DP_TIMEOUT = 10.0
 
@@ -87,7 +102,7 @@ def up(config: Config, *, planned: Plan | None, observer: Observer, keep_on_fail
     name = planned.name if planned is not None else config.name
     with records.locked(name, "up"):
         existing = records.load(name)
-        if existing is not None and existing.state in (DeploymentState.SCALING, DeploymentState.RESTARTING):
+        if existing is not None and existing.state in RECOVERABLE:
             existing = _recover(existing, observer)
         if existing is not None and existing.state is DeploymentState.RUNNING and recreate:
             gone = _remove(name)
@@ -219,7 +234,7 @@ def scale(name: str, dp: int, timeouts: Timeouts, *, dry_run: bool, observer: Ob
     """Grow or shrink a running deployment to dp ranks: independent ranks keep running, a group restarts at dp."""
     with records.locked(name, "scale"):
         record = records.require(name)
-        if record.state in (DeploymentState.SCALING, DeploymentState.RESTARTING):
+        if record.state in RECOVERABLE:
             record = _recover(record, observer)
         if record.state is DeploymentState.FAILED and record.engine.coupling == "group" and not dry_run:
             # A group whose restart failed holds its placement groups: start it again, then scale.
@@ -428,7 +443,9 @@ def _recover(record: Record, observer: Observer) -> Record:
     if stray:
         objects.remove_ranks(record.name, stray)
         observer.note(f"removed ranks {', '.join(map(str, stray))} left by an interrupted scale of {record.name}")
-    restarting = record.state is DeploymentState.RESTARTING
+    restarting = record.state is DeploymentState.RESTARTING or (
+        record.state is DeploymentState.REPAIRING and record.engine.coupling == "group"
+    )
     record.spec = dataclasses.replace(record.spec, dp=len(record.ranks))
     record.state = DeploymentState.RUNNING
     if restarting:
@@ -437,6 +454,124 @@ def _recover(record: Record, observer: Observer) -> Record:
         observer.note(_restart_at(record, record.plan(), snapshot(), Timeouts(), observer))
     records.save(record)
     return record
+
+
+# --- repair ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RepairResult:
+    """What a repair did: the moves (None: nothing was lost), and the launch that brought the ranks back."""
+
+    record: Record
+    repair: RepairPlan | None
+    launch: LaunchResult | None = None
+    dry_run: bool = False
+    restarted: bool = False  # a group: every process restarted (or, in a dry run, would)
+
+
+LOST = (RankState.DEAD, RankState.FAILED)
+
+
+def lost_ranks(record: Record) -> tuple[dict[int, str], set[str]]:
+    """The ranks that need repair, with why, and the nodes found dead before the GCS says so.
+
+    A rank needs repair when its node is gone (or its raylet refuses connections), its engine actor died,
+    its process exited, or its engine's health says it failed.
+    """
+    (status,) = observe.gather(record.name)
+    lost = {r.rank: r.detail or r.state.value for r in status.ranks if r.state in LOST}
+    dying = nodes_of.unreachable({n for r in record.ranks for n in r.nodes})
+    for rank in record.ranks:
+        if rank.rank not in lost and dying & set(rank.nodes):
+            lost[rank.rank] = f"node {min(dying & set(rank.nodes))[:12]} does not answer"
+    return lost, dying
+
+
+def repair(name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> RepairResult:
+    """Place every lost rank again, keeping its number; healthy ranks are not touched (a group restarts whole).
+
+    No capacity leaves everything as it is, the deployment marked degraded, and raises NoPlan (exit 3).
+    """
+    with records.locked(name, "repair"):
+        record = records.require(name)
+        if record.state in RECOVERABLE:
+            record = _recover(record, observer)
+        if record.state not in (DeploymentState.RUNNING, DeploymentState.DEGRADED):
+            raise BadInput(
+                f"deployment {name!r} is {record.state.value}: there is nothing running to repair",
+                hint=f"`dpctl scale {name} --dp N` revives a failed group; `dpctl down {name}` removes it",
+            )
+        lost, dying = lost_ranks(record)
+        group = record.engine.coupling == "group"
+        if not lost:
+            if record.state is DeploymentState.DEGRADED and not dry_run:
+                record.state = DeploymentState.RUNNING
+                records.save(record)
+            return RepairResult(record, None, dry_run=dry_run)
+        nodes = tuple(n for n in snapshot() if n.id not in dying)  # dead, though the GCS has not said so yet
+        result = repairing.repair(record.plan(), nodes, lost)
+        if isinstance(result, Infeasible):
+            if not dry_run:
+                record.state = DeploymentState.DEGRADED
+                records.save(record)
+            raise _no_room(record, result, lost)
+        for warning in result.plan.warnings:
+            observer.warn(warning)
+        if dry_run:
+            return RepairResult(record, result, dry_run=True, restarted=group)
+        return _repair(record, result, nodes, timeouts, observer, group=group)
+
+
+def _no_room(record: Record, result: Infeasible, lost: dict[int, str]) -> InfeasibleError:
+    """Why the lost ranks cannot be placed, in repair's words (exit 3); the deployment stays degraded."""
+    spec = record.spec
+    need = f"{result.need_devices:g} {spec.device} + {result.need_cpus:g} CPU"
+    best = result.best
+    room = f"the most free is {best.free_devices} {spec.device} on {best.ip}" if best else "no node is left to use"
+    healthy = len(record.ranks) - len(lost)
+    return InfeasibleError(
+        f"{record.name}: no room to repair rank {result.rank} (it needs {need}; {room}); "
+        f"{record.name} stays degraded with {healthy} of {len(record.ranks)} ranks running",
+        hint=f"add a node or free devices, then `dpctl repair {record.name}` again",
+        code="no_room_to_repair",
+    )
+
+
+def _repair(
+    record: Record, fix: RepairPlan, nodes: tuple[Node, ...], timeouts: Timeouts, observer: Observer, *, group: bool
+) -> RepairResult:
+    name = record.name
+    moved = [m.after for m in fix.moves]
+    record.state = DeploymentState.REPAIRING  # first: a command killed from here on is recovered by the next
+    records.save(record)
+    if group:
+        observer.note(f"{name}: restarting all {len(record.ranks)} ranks' processes (group coupling)")
+        _stop(name, None, record.engine.stop_seconds())
+    objects.remove_ranks(name, list(fix.ranks))
+    kept = [r for r in fix.plan.ranks if r.rank not in fix.ranks] if group else []
+    try:
+        launch = _run(fix.plan, moved, kept, record, nodes, timeouts, observer)
+    except BaseException as exc:
+        record.state = DeploymentState.FAILED if group else DeploymentState.DEGRADED
+        records.save(record)
+        if isinstance(exc, DpctlError):
+            state = "its group is down" if group else "the other ranks keep running"
+            exc.message = (
+                f"{name}: the repair of ranks {', '.join(map(str, fix.ranks))} failed ({state}): {exc.message}"
+            )
+        raise
+    ips = {n.id: n.ip for n in nodes}
+    by_rank = {r.rank: r for r in record.ranks}
+    for placement in moved:
+        by_rank[placement.rank] = RankRecord.planned(placement, ips.get(placement.control, ""))
+    for rank_record in by_rank.values():
+        if rank_record.rank in fix.ranks or group:
+            _granted(rank_record, launch)
+    record.ranks = [by_rank[r] for r in sorted(by_rank)]
+    record.state = DeploymentState.RUNNING
+    records.save(record)
+    return RepairResult(record, fix, launch, restarted=group)
 
 
 # --- down -----------------------------------------------------------------------------------------------

@@ -233,6 +233,52 @@ def start(shape: LocalCluster, say: Callable[[str], None]) -> LocalState:
     return state
 
 
+def kill_node(state: LocalState, name: str) -> LocalNode:
+    """SIGKILL one worker node's processes (its raylet, its workers): the node dies as a machine would."""
+    node = next((n for n in state.nodes if n.name == name), None)
+    workers = ", ".join(n.name for n in state.nodes if not n.head) or "none"
+    if node is None or node.head:
+        raise BadInput(
+            f"{name!r} is not a worker node of the local cluster (workers: {workers})",
+            hint="`dpctl cluster status` lists them; the head cannot be killed (the cluster is the head)",
+        )
+    if not process_alive(node.pid):
+        raise BadInput(f"{name} is already gone", hint="`dpctl cluster add-node` adds a worker")
+    # The supervisor, raylet and its workers share one process group; workers started from the raylet
+    # carry the node's address on their command line.
+    _signal_group(node.pid, signal.SIGKILL)
+    _wait_gone([node.pid], timeout=5.0)
+    address = f"--node-ip-address={node.ip} "  # the whole argument: 127.0.0.2 is not 127.0.0.20
+    for pid in _pids_using(state.temp_dir):
+        if address in _cmdline(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return node
+
+
+def add_node(state: LocalState, say: Callable[[str], None]) -> LocalNode:
+    """Start one more worker of the cluster's shape, on the next loopback address."""
+    used = {n.ip for n in state.nodes}
+    number = 2
+    while f"127.0.0.{number}" in used:
+        number += 1
+    ip = f"127.0.0.{number}"
+    index = 1 + max((int(n.name.rsplit("-", 1)[1]) for n in state.nodes if not n.head), default=0)
+    gpus = state.shape.get("gpus_per_node", 0)
+    cpus = state.shape.get("cpus_per_node", 1)
+    node = _start_node(
+        state,
+        f"worker-{index}",
+        None,
+        gpus,
+        cpus,
+        ["--address", state.address, "--node-ip-address", ip, "--include-log-monitor", "false"],
+    )
+    state.save()
+    say(f"started worker-{index} at {ip} ({gpus} {'simulated ' if state.simulated_gpus else ''}GPU, {cpus} CPU)")
+    return node
+
+
 def stop(state: LocalState, say: Callable[[str], None]) -> list[int]:
     """Stop exactly the processes this cluster started: its supervisors, then anything left in its temp dir."""
     ours = [n for n in state.nodes if _is_ours(n.pid, state)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
 import ray
 from ray._private.state import state as gcs_state  # per-node availability; the public API needs the dashboard
 from ray.exceptions import RuntimeEnvSetupError
@@ -51,6 +54,32 @@ def _snapshot() -> tuple[Node, ...]:
             )
         )
     return tuple(nodes)
+
+
+def unreachable(ids: set[str], timeout: float = 1.0) -> set[str]:
+    """Of these alive nodes, those whose raylet refuses a TCP connection: dead, though the GCS has not noticed yet.
+
+    Ray marks a node dead after its health checks fail for a while (seconds); a repair must not place a rank
+    back on it meanwhile. Through Ray Client the raylets are not reachable from here, so none is reported.
+    """
+    if ray.util.client.ray.is_connected():
+        return set()
+    targets = {
+        n["NodeID"]: (n["NodeManagerAddress"], int(n["NodeManagerPort"]))
+        for n in ray.nodes()
+        if n.get("Alive") and n["NodeID"] in ids and n.get("NodeManagerPort")
+    }
+
+    def refused(address: tuple[str, int]) -> bool:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                return False
+        except OSError:
+            return True
+
+    with ThreadPoolExecutor(max_workers=max(len(targets), 1)) as pool:
+        verdicts = dict(zip(targets, pool.map(refused, targets.values()), strict=True))
+    return {node for node, gone in verdicts.items() if gone}
 
 
 def alive() -> set[str]:

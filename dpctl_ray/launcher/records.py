@@ -81,6 +81,8 @@ class DeploymentState(str, Enum):
     RUNNING = "running"
     SCALING = "scaling"  # a scale is adding or removing ranks (a killed one is recovered by the next command)
     RESTARTING = "restarting"  # a group is restarting all its processes (after a scale, or a repair)
+    REPAIRING = "repairing"  # `repair` is placing lost ranks again
+    DEGRADED = "degraded"  # ranks are lost and a repair found no room for them (it is retried by `dpctl repair`)
     FAILED = "failed"  # a launch failed and --keep-on-failure kept it, or a group could not restart
 
 

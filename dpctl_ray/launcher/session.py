@@ -75,6 +75,10 @@ class Session:
         """Grow or shrink a running deployment; see `lifecycle.scale`."""
         return lifecycle.scale(name, dp, timeouts, dry_run=dry_run, observer=observer)
 
+    def repair(self, name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> lifecycle.RepairResult:
+        """Place a deployment's lost ranks again; see `lifecycle.repair`."""
+        return lifecycle.repair(name, timeouts, dry_run=dry_run, observer=observer)
+
     def down(self, name: str, *, force: bool) -> lifecycle.DownResult:
         """Remove everything a deployment owns."""
         return lifecycle.down(name, force=force)

@@ -1,0 +1,106 @@
+"""Time from a node's death to its rank READY elsewhere with `dpctl repair`, against the bare-Ray floor of one rank.
+
+    uv run python bench/repair.py [--runs 3]
+
+Starts its own local cluster (head + 3 workers of 2 simulated GPUs, in a temporary DPCTL_HOME) and a TP 2
+demo deployment of dp 2 (init_seconds 0): one rank per worker, one worker free. Each round, interleaved:
+
+- `dpctl cluster kill-node` on rank 1's worker (not timed), then `dpctl repair` as a whole process, timed
+  from the kill to the command's exit with the rank READY on the free worker. Detection is inside it: dpctl
+  finds the node's raylet refusing connections before Ray declares the node dead;
+- `dpctl cluster add-node` (not timed), then the floor: a bare Ray script that creates the same one
+  placement group (one `{GPU: 2, CPU: 1}` bundle pinned to the new worker) and one actor claiming the two
+  GPUs, and waits for it (whole process, timed). It exits, so the new worker is free for the next round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+BARE = r"""
+import sys
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+
+@ray.remote(num_cpus=1, num_gpus=2)
+class Engine:
+    def ready(self):
+        return ray.get_runtime_context().get_accelerator_ids()["GPU"]
+
+pg = placement_group([{"GPU": 2, "CPU": 1}], strategy="STRICT_PACK",
+                     bundle_label_selector=[{"ray.io/node-id": sys.argv[2]}])
+engine = Engine.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0)).remote()
+ray.get(engine.ready.remote())
+"""
+
+
+def dpctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "dpctl_ray", *args], capture_output=True, text=True, env=env, check=False
+    )
+    if result.returncode != 0:
+        sys.exit(f"dpctl {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="dpctl-bench-repair-"))
+    env = {**os.environ, "DPCTL_HOME": str(home)}
+    env.pop("RAY_ADDRESS", None)
+    dpctl(env, "cluster", "up", "--nodes", "3", "--gpus-per-node", "2", "--cpus-per-node", "2")
+    try:
+        state = json.loads((home / "local-cluster.json").read_text())
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=state["token_file"])
+        config = home / "heal.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {"name": "heal", "placement": {"dp": 2, "tp": 2}, "engine": {"kind": "demo", "init_seconds": 0}}
+            )
+        )
+        dpctl(env, "up", "-f", str(config))
+        repairs, floors = [], []
+        for _ in range(args.runs):
+            ranks = json.loads(dpctl(env, "status", "heal", "-o", "json").stdout)["deployments"][0]["ranks"]
+            nodes = json.loads(dpctl(env, "cluster", "status", "-o", "json").stdout)["nodes"]
+            victim = next(n["name"] for n in nodes if n["ip"] == ranks[1]["ip"])
+            dpctl(env, "cluster", "kill-node", victim)
+            start = time.perf_counter()
+            dpctl(env, "repair", "heal")
+            repairs.append(time.perf_counter() - start)
+            dpctl(env, "cluster", "add-node")
+            inventory = json.loads(dpctl(env, "inventory", "--format", "json").stdout)["nodes"]
+            used = {r["node"] for r in json.loads(dpctl(env, "status", "heal", "-o", "json").stdout)["deployments"][0]["ranks"]}
+            free = next(n["id"] for n in inventory if n["resources"].get("GPU") and n["id"] not in used)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", BARE, state["address"], free], env=env, check=True)
+            floors.append(time.perf_counter() - start)
+        dpctl(env, "down", "heal")
+    finally:
+        subprocess.run([sys.executable, "-m", "dpctl_ray", "cluster", "down"], env=env, capture_output=True, check=False)
+    ratios = [r / f for r, f in zip(repairs, floors, strict=True)]
+    print(f"{args.runs} interleaved rounds, median (min - max)\n")
+    print("| whole process | median | min - max |")
+    print("|---|---:|---:|")
+    for label, values in (("`dpctl repair` of one rank, from the node's death", repairs), ("bare Ray, one rank", floors)):
+        print(f"| {label} | {statistics.median(values):.2f} s | {min(values):.2f} - {max(values):.2f} s |")
+    print(f"| ratio (median of per-round ratios) | **{statistics.median(ratios):.2f}x** (target 1.2x + detection) | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""`dpctl repair` on a local cluster of its own, whose nodes the tests kill (`dpctl cluster kill-node`).
+
+The session cluster is shared, so these tests start their own: a head and three workers of 2 simulated GPUs.
+A rank is TP 2 (one worker each); the third worker is the free capacity a lost rank moves to.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, dpctl_env
+
+pytestmark = pytest.mark.ray
+
+
+def run(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dpctl_ray", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**dpctl_env(), "DPCTL_HOME": str(home)},
+        cwd=ROOT,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("repair-home")
+    started = run(base, "cluster", "up", "--nodes", "3", "--gpus-per-node", "2", "--cpus-per-node", "2")
+    assert started.returncode == 0, started.stderr
+    yield base
+    run(base, "cluster", "down")
+
+
+def status(home: Path, name: str) -> dict[str, Any]:
+    result = run(home, "status", name, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    deployment: dict[str, Any] = json.loads(result.stdout)["deployments"][0]
+    return deployment
+
+
+def worker_at(home: Path, ip: str) -> str:
+    nodes = json.loads(run(home, "cluster", "status", "-o", "json").stdout)["nodes"]
+    return next(n["name"] for n in nodes if n["ip"] == ip)
+
+
+def test_a_lost_node_is_seen_and_repair_moves_only_its_rank(home: Path) -> None:
+    up = run(home, "up", "--name", "heal", "--dp", "2", "--tp", "2")
+    assert up.returncode == 0, up.stderr
+    try:
+        before = status(home, "heal")["ranks"]
+        assert len({r["ip"] for r in before}) == 2
+        killed = run(home, "cluster", "kill-node", worker_at(home, before[1]["ip"]))
+        assert killed.returncode == 0, killed.stderr
+        deadline = time.monotonic() + 10
+        while status(home, "heal")["ranks"][1]["state"] != "DEAD":
+            assert time.monotonic() < deadline, "the lost rank was not shown DEAD within 10 s"
+            time.sleep(0.5)
+
+        dry = run(home, "repair", "heal", "--dry-run", "-o", "json")
+        assert dry.returncode == 0, dry.stderr
+        (move,) = json.loads(dry.stdout)["moves"]
+        assert move["rank"] == 1
+        assert not move["in_place"]
+
+        repaired = run(home, "repair", "heal")
+        assert repaired.returncode == 0, repaired.stderr
+        assert "repaired 1 rank" in repaired.stderr
+        after = status(home, "heal")
+        assert after["state"] == "running"
+        assert [r["state"] for r in after["ranks"]] == ["READY", "READY"]
+        assert after["ranks"][1]["ip"] not in (before[1]["ip"], before[0]["ip"])
+        # the healthy rank was not touched: same node, devices and since
+        assert {k: after["ranks"][0][k] for k in ("node", "devices", "since")} == {
+            k: before[0][k] for k in ("node", "devices", "since")
+        }
+        again = run(home, "repair", "heal")
+        assert again.returncode == 0, again.stderr
+        assert "nothing to repair" in again.stderr
+    finally:
+        down = run(home, "down", "heal")
+        assert down.returncode == 0, down.stderr
+
+
+def gpu_workers(home: Path) -> int:
+    """Alive workers with GPUs, as the cluster sees them (after earlier tests killed or added some)."""
+    result = run(home, "inventory", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return sum(1 for n in json.loads(result.stdout)["nodes"] if n["resources"].get("GPU"))
+
+
+def test_no_room_to_repair_is_exit_3_leaves_the_rest_and_marks_the_deployment_degraded(home: Path) -> None:
+    workers = gpu_workers(home)
+    up = run(home, "up", "--name", "tight", "--dp", str(workers), "--tp", "2")  # every worker taken
+    assert up.returncode == 0, up.stderr
+    try:
+        before = status(home, "tight")["ranks"]
+        assert run(home, "cluster", "kill-node", worker_at(home, before[0]["ip"])).returncode == 0
+        result = run(home, "repair", "tight")
+        assert result.returncode == 3, result.stderr
+        assert "no room to repair rank 0" in result.stderr
+        assert f"tight stays degraded with {workers - 1} of {workers} ranks running" in result.stderr
+        after = status(home, "tight")
+        assert after["state"] == "degraded"
+        assert after["ranks"][1]["since"] == before[1]["since"]  # nothing changed for the healthy ranks
+        added = run(home, "cluster", "add-node")
+        assert added.returncode == 0, added.stderr
+        healed = run(home, "repair", "tight")
+        assert healed.returncode == 0, healed.stderr
+        after = status(home, "tight")
+        assert after["state"] == "running"
+        assert [r["state"] for r in after["ranks"]] == ["READY"] * workers
+    finally:
+        run(home, "down", "tight")
