@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -83,21 +84,27 @@ def main() -> None:
             start = time.perf_counter()
             dpctl(env, "repair", "heal")
             repairs.append(time.perf_counter() - start)
-            dpctl(env, "cluster", "add-node")
+            added = re.search(r"started worker-\d+ at (\S+)", dpctl(env, "cluster", "add-node").stderr)
+            if added is None:
+                sys.exit("cluster add-node did not say where it started the node")
             inventory = json.loads(dpctl(env, "inventory", "--format", "json").stdout)["nodes"]
-            used = {r["node"] for r in json.loads(dpctl(env, "status", "heal", "-o", "json").stdout)["deployments"][0]["ranks"]}
-            free = next(n["id"] for n in inventory if n["resources"].get("GPU") and n["id"] not in used)
+            free = next(n["id"] for n in inventory if n["ip"] == added.group(1))  # the killed one may still be listed
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", BARE, state["address"], free], env=env, check=True)
             floors.append(time.perf_counter() - start)
         dpctl(env, "down", "heal")
     finally:
-        subprocess.run([sys.executable, "-m", "dpctl_ray", "cluster", "down"], env=env, capture_output=True, check=False)
+        subprocess.run(
+            [sys.executable, "-m", "dpctl_ray", "cluster", "down"], env=env, capture_output=True, check=False
+        )
     ratios = [r / f for r, f in zip(repairs, floors, strict=True)]
     print(f"{args.runs} interleaved rounds, median (min - max)\n")
     print("| whole process | median | min - max |")
     print("|---|---:|---:|")
-    for label, values in (("`dpctl repair` of one rank, from the node's death", repairs), ("bare Ray, one rank", floors)):
+    for label, values in (
+        ("`dpctl repair` of one rank, from the node's death", repairs),
+        ("bare Ray, one rank", floors),
+    ):
         print(f"| {label} | {statistics.median(values):.2f} s | {min(values):.2f} - {max(values):.2f} s |")
     print(f"| ratio (median of per-round ratios) | **{statistics.median(ratios):.2f}x** (target 1.2x + detection) | |")
 
