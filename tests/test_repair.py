@@ -84,6 +84,16 @@ def test_a_lost_node_is_seen_and_repair_moves_only_its_rank(home: Path) -> None:
         assert {k: after["ranks"][0][k] for k in ("node", "devices", "since")} == {
             k: before[0][k] for k in ("node", "devices", "since")
         }
+        (event,) = after["events"]  # every detection and action is kept with the deployment
+        assert (event["rank"], event["from"], event["to"], event["result"]) == (
+            1,
+            before[1]["ip"],
+            after["ranks"][1]["ip"],
+            "ready",
+        )
+        table = run(home, "status", "heal")
+        assert "recent repairs:" in table.stdout
+        assert f"rank 1  {event['cause']}: {before[1]['ip']} -> {after['ranks'][1]['ip']}, ready" in table.stdout
         again = run(home, "repair", "heal")
         assert again.returncode == 0, again.stderr
         assert "nothing to repair" in again.stderr
@@ -112,6 +122,7 @@ def test_no_room_to_repair_is_exit_3_leaves_the_rest_and_marks_the_deployment_de
         assert f"tight stays degraded with {workers - 1} of {workers} ranks running" in result.stderr
         after = status(home, "tight")
         assert after["state"] == "degraded"
+        assert [e["result"] for e in after["events"]] == ["no room: degraded"]
         assert after["ranks"][1]["since"] == before[1]["since"]  # nothing changed for the healthy ranks
         added = run(home, "cluster", "add-node")
         assert added.returncode == 0, added.stderr

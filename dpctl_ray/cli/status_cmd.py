@@ -99,6 +99,19 @@ def show_statuses(statuses: list[DeploymentStatus]) -> None:
     now = time.time()
     for s in statuses:
         console.print_data(table(STATUS_COLUMNS, status_rows(s.ranks, now), title=status_title(s)))
+        events = s.record.events[-RECENT_EVENTS:] if s.record else []
+        if events:
+            console.print_data("recent repairs:\n" + "\n".join(event_line(e) for e in events))
+
+
+RECENT_EVENTS = 3  # repair events under a deployment's table (-o json lists every one kept)
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """`  16:08:21  rank 1  node 1a2b is gone: 127.0.0.3 -> 127.0.0.5, ready`."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("time", 0))))
+    move = f"{event.get('from') or '?'} -> {event.get('to')}" if event.get("to") else f"on {event.get('from') or '?'}"
+    return f"  {stamp}  rank {event.get('rank')}  {event.get('cause')}: {move}, {event.get('result')}"
 
 
 def _watch(gather: Callable[[], list[DeploymentStatus]], interval: float) -> None:

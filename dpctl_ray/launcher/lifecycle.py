@@ -512,15 +512,28 @@ def repair(name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) 
         nodes = tuple(n for n in snapshot() if n.id not in dying)  # dead, though the GCS has not said so yet
         result = repairing.repair(record.plan(), nodes, lost)
         if isinstance(result, Infeasible):
+            error = _no_room(record, result, lost)
             if not dry_run:
                 record.state = DeploymentState.DEGRADED
+                for rank in sorted(lost):
+                    record.event(rank, lost[rank], _ips(record, rank), "", "no room: degraded")
                 records.save(record)
-            raise _no_room(record, result, lost)
+            raise error
         for warning in result.plan.warnings:
             observer.warn(warning)
         if dry_run:
             return RepairResult(record, result, dry_run=True, restarted=group)
         return _repair(record, result, nodes, timeouts, observer, group=group)
+
+
+def _ips(record: Record, rank: int) -> str:
+    found = next((r for r in record.ranks if r.rank == rank), None)
+    return found.ip if found else ""
+
+
+def _where(rank: RankPlacement, nodes: tuple[Node, ...]) -> str:
+    ips = {n.id: n.ip for n in nodes}
+    return "+".join(ips.get(n, n[:8]) for n in rank.nodes)
 
 
 def _no_room(record: Record, result: Infeasible, lost: dict[int, str]) -> InfeasibleError:
@@ -560,8 +573,13 @@ def _repair(
             exc.message = (
                 f"{name}: the repair of ranks {', '.join(map(str, fix.ranks))} failed ({state}): {exc.message}"
             )
+        for move in fix.moves:
+            record.event(move.rank, move.cause, _ips(record, move.rank), _where(move.after, nodes), "failed")
+        records.save(record)
         raise
     ips = {n.id: n.ip for n in nodes}
+    for move in fix.moves:
+        record.event(move.rank, move.cause, _ips(record, move.rank), _where(move.after, nodes), "ready")
     by_rank = {r.rank: r for r in record.ranks}
     for placement in moved:
         by_rank[placement.rank] = RankRecord.planned(placement, ips.get(placement.control, ""))

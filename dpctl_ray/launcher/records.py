@@ -86,6 +86,9 @@ class DeploymentState(str, Enum):
     FAILED = "failed"  # a launch failed and --keep-on-failure kept it, or a group could not restart
 
 
+MAX_EVENTS = 20  # repair events kept with a deployment
+
+
 @dataclass(slots=True)
 class RankRecord:
     """One rank as planned, and what Ray granted it once it was up."""
@@ -128,6 +131,12 @@ class Record:
     version: int = 1
     env_request: dict[str, Any] = field(default_factory=dict)  # cluster.runtime_env as given (paths)
     runtime_env: dict[str, Any] = field(default_factory=dict)  # what Ray made of it (URIs): every host gets it
+    events: list[dict[str, Any]] = field(default_factory=list)  # repairs: what was found and done, newest last
+
+    def event(self, rank: int, cause: str, before: str, after: str, result: str) -> None:
+        """Record one detection and what was done about it (the last MAX_EVENTS are kept)."""
+        entry = {"time": time.time(), "rank": rank, "cause": cause, "from": before, "to": after, "result": result}
+        self.events = [*self.events, entry][-MAX_EVENTS:]
 
     def to_json(self) -> bytes:
         """The stored form."""
@@ -145,6 +154,7 @@ class Record:
             "version": self.version,
             "env_request": self.env_request,
             "runtime_env": self.runtime_env,
+            "events": self.events,
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -169,12 +179,19 @@ class Record:
             version=raw.get("version", 1),
             env_request=_mapping(raw.get("env_request", {}), "env_request"),
             runtime_env=_mapping(raw.get("runtime_env", {}), "runtime_env"),
+            events=[_mapping(e, "events") for e in _list(raw.get("events", []), "events")][-MAX_EVENTS:],
         )
 
     def plan(self) -> Plan:
         """The running deployment as a plan: its resolved spec and its ranks (what the scale planner starts from)."""
         ranks = tuple(r.placement(STRATEGY[self.spec.pack]) for r in sorted(self.ranks, key=lambda r: r.rank))
         return Plan(self.name, dataclasses.replace(self.spec, dp=len(ranks)), ranks, (), (), (), "")
+
+
+def _list(value: object, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadInput(f"a deployment record's {key} is not a list, {show(value)}", code="bad_record")
+    return value
 
 
 def _mapping(value: object, key: str) -> dict[str, Any]:

@@ -187,6 +187,7 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
                 "bundles": record.spec.bundles if record else "",
                 "coupling": record.engine.coupling if record else "",
                 "state": record.state.value if record else "orphaned",
+                "events": record.events if record else [],
                 "processes": [
                     {
                         "node": p.node,
