@@ -77,7 +77,7 @@ def unreachable(ids: set[str], timeout: float = 1.0) -> set[str]:
         except OSError:
             return True
 
-    with ThreadPoolExecutor(max_workers=max(len(targets), 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(max(len(targets), 1), 64)) as pool:
         verdicts = dict(zip(targets, pool.map(refused, targets.values()), strict=True))
     return {node for node, gone in verdicts.items() if gone}
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from dpctl_ray.launcher import nodes, objects, records
+from dpctl_ray.launcher import nodes, objects, records, supervisor
 from dpctl_ray.launcher.status import HEALTH_TIMEOUT, Answer, DeploymentStatus, HostKey, processes_of, rank_status
 
 
@@ -27,6 +28,8 @@ def gather(name: str | None) -> list[DeploymentStatus]:
                 if actor is not None:
                     calls[(rank.rank, k)] = actor.health.remote()
         found.append((record, calls))
+    # A node whose raylet refuses connections is dead, though the GCS takes seconds more to say so.
+    alive -= nodes.unreachable({n for record, _ in found if record for r in record.ranks for n in r.nodes})
     every = [ref for _, calls in found for ref in calls.values()]
     done = set(ray.wait(every, num_returns=len(every), timeout=HEALTH_TIMEOUT)[0]) if every else set()
     out = []
@@ -42,8 +45,18 @@ def gather(name: str | None) -> list[DeploymentStatus]:
             processes = processes_of(answers)
         else:
             processes = []
-        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes))
+        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes, _supervisor(dep)))
     return out
+
+
+def _supervisor(name: str) -> dict[str, Any] | None:
+    actor = supervisor.find(name)
+    if actor is None:
+        return None
+    try:
+        return dataclasses.asdict(ray.get(actor.state.remote(), timeout=HEALTH_TIMEOUT))
+    except Exception as exc:  # noqa: BLE001 - a dead or slow supervisor is a finding, not a failed status
+        return {"state": "not answering", "reason": f"{type(exc).__name__}", "repairs": 0}
 
 
 def deployment_names() -> list[str]:

@@ -42,6 +42,7 @@ class Session:
             )
         except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
             raise _join_error(exc, address, source) from None
+        _cluster_messages_to_stderr()
         # A failed launch abandons the calls still running on the hosts it stops; their errors are already
         # reported in dpctl's own words, so Ray's "Unhandled error" dumps of them are not printed.
         quiet = "RAY_IGNORE_UNHANDLED_ERRORS" not in os.environ
@@ -150,3 +151,22 @@ def _join_error(exc: Exception, address: str, source: str) -> ClusterUnreachable
         f"cannot join the Ray cluster at {address} ({source}): {one_line(first, 300)}",
         hint="with token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or ~/.ray/auth_token)",
     )
+
+
+def _cluster_messages_to_stderr() -> None:
+    """Send the cluster's error messages to stderr.
+
+    Ray prints them (a node marked dead, ...) to a driver's stdout, but dpctl's stdout is for its data (JSON a
+    script parses); its own messages go to stderr, and so do these.
+    """
+    from ray._private import worker as ray_worker  # noqa: PLC0415 - Ray's printer, looked up at each message
+
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "dpctl", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.dpctl = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
