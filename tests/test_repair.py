@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from dpctl_ray.launcher import local
 from tests.conftest import ROOT, dpctl_env
 
 pytestmark = pytest.mark.ray
@@ -103,29 +102,11 @@ def test_a_lost_node_is_seen_and_repair_moves_only_its_rank(home: Path) -> None:
         assert down.returncode == 0, down.stderr
 
 
-def wait_until(check: Any, timeout: float = 60.0, what: str = "", last: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:.0f} s: {what}" + (f"; last seen: {last()}" if last else ""))
-        time.sleep(1.0)
-
-
 def gpu_workers(home: Path) -> int:
-    """Workers alive (after earlier tests killed or added some), once Ray no longer lists the killed ones."""
-    nodes = json.loads(run(home, "cluster", "status", "-o", "json").stdout)["nodes"]
-    alive = sum(1 for n in nodes if not n["head"] and local.process_alive(n["pid"]))
-
-    def listed() -> int:
-        result = run(home, "inventory", "--format", "json")
-        assert result.returncode == 0, result.stderr
-        return sum(1 for n in json.loads(result.stdout)["nodes"] if n["resources"].get("GPU"))
-
-    wait_until(lambda: listed() == alive, what="Ray marking the killed workers dead")
-    return alive
+    """Alive workers with GPUs, as the cluster sees them (after earlier tests killed or added some)."""
+    result = run(home, "inventory", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return sum(1 for n in json.loads(result.stdout)["nodes"] if n["resources"].get("GPU"))
 
 
 def test_no_room_to_repair_is_exit_3_leaves_the_rest_and_marks_the_deployment_degraded(home: Path) -> None:
@@ -152,60 +133,3 @@ def test_no_room_to_repair_is_exit_3_leaves_the_rest_and_marks_the_deployment_de
         assert [r["state"] for r in after["ranks"]] == ["READY"] * workers
     finally:
         run(home, "down", "tight")
-
-
-def test_recovery_auto_heals_with_no_command_running_and_stops_when_its_budget_is_spent(
-    home: Path, tmp_path: Path
-) -> None:
-    while gpu_workers(home) < 3:
-        assert run(home, "cluster", "add-node").returncode == 0
-    config = tmp_path / "auto.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "name": "auto",
-                "placement": {"dp": 1, "tp": 2},
-                "engine": {"kind": "demo", "init_seconds": 0},
-                "recovery": {"mode": "auto", "max_repairs": 1, "window": 600},
-            }
-        )
-    )
-    up = run(home, "up", "-f", str(config))
-    assert up.returncode == 0, up.stderr
-    assert "a supervisor repairs lost ranks" in up.stderr
-    try:
-        first = status(home, "auto")
-        assert first["supervisor"]["state"] == "watching"
-        lost_ip = first["ranks"][0]["ip"]
-        assert run(home, "cluster", "kill-node", worker_at(home, lost_ip)).returncode == 0
-
-        def healed() -> dict[str, Any] | None:
-            now = status(home, "auto")
-            rank = now["ranks"][0]
-            return now if rank["state"] == "READY" and rank["ip"] != lost_ip else None
-
-        after = wait_until(
-            healed,
-            timeout=120,
-            what="the supervisor repairing the rank with no command running",
-            last=lambda: status(home, "auto"),
-        )
-        assert [e["result"] for e in after["events"]] == ["ready"]
-
-        # A second loss spends more than the budget of 1: the supervisor stops and says why.
-        assert run(home, "cluster", "kill-node", worker_at(home, after["ranks"][0]["ip"])).returncode == 0
-
-        def stopped() -> dict[str, Any] | None:
-            now = status(home, "auto")
-            return now if now["supervisor"]["state"] == "stopped" else None
-
-        final = wait_until(stopped, what="the supervisor stopping on its budget")
-        assert "budget spent: 1 repairs in 600s" in final["supervisor"]["reason"]
-        assert final["events"][-1]["cause"] == "supervisor"
-        assert final["ranks"][0]["state"] == "DEAD"
-        table = run(home, "status", "auto").stdout
-        assert "supervisor stopped (budget spent" in table
-    finally:
-        down = run(home, "down", "auto")
-        assert down.returncode == 0, down.stderr
-    assert json.loads(run(home, "status", "-o", "json").stdout)["deployments"] == []

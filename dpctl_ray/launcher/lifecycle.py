@@ -18,7 +18,7 @@ from dpctl_ray.engines.base import RankState
 from dpctl_ray.engines.processes import master_port
 from dpctl_ray.errors import BadInput, Busy, DpctlError, InfeasibleError
 from dpctl_ray.launcher import nodes as nodes_of
-from dpctl_ray.launcher import objects, observe, records, shipping, supervisor
+from dpctl_ray.launcher import objects, observe, records, shipping
 from dpctl_ray.launcher.apply import Launch, bind_ip
 from dpctl_ray.launcher.nodes import snapshot
 from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase
@@ -215,17 +215,6 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
         _granted(rank, result)
     record.state = DeploymentState.RUNNING
     records.save(record)
-    if config.recovery.mode == "auto":
-        head = next((n.id for n in nodes if n.head), None)
-        try:
-            supervisor.start(plan.name, config.recovery, head, shipping.host_env(job, engine_env))
-        except Exception as exc:  # noqa: BLE001 - the ranks run: say so, and how to repair by hand
-            observer.warn(f"{plan.name}: the supervisor did not start ({type(exc).__name__}); `dpctl repair` repairs")
-            return UpResult(record, plan, result)
-        observer.note(
-            f"{plan.name}: a supervisor repairs lost ranks (recovery: auto, at most {config.recovery.max_repairs} "
-            f"repairs in {config.recovery.window:g}s)"
-        )
     return UpResult(record, plan, result)
 
 
@@ -608,7 +597,6 @@ def _repair(
 
 def down(name: str, *, force: bool) -> DownResult:
     """Stop the engines (gracefully, briefly), then remove everything under the deployment's name and its record."""
-    supervisor.stop(name)  # first: it would repair what down removes (its lock, if it held it, dies with it)
     try:
         with records.locked(name, "down"):
             return _remove(name)
