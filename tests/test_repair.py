@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dpctl_ray.launcher import local
 from tests.conftest import ROOT, dpctl_env
 
 pytestmark = pytest.mark.ray
@@ -102,11 +103,29 @@ def test_a_lost_node_is_seen_and_repair_moves_only_its_rank(home: Path) -> None:
         assert down.returncode == 0, down.stderr
 
 
+def wait_until(check: Any, timeout: float = 60.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f} s: {what}")
+        time.sleep(1.0)
+
+
 def gpu_workers(home: Path) -> int:
-    """Alive workers with GPUs, as the cluster sees them (after earlier tests killed or added some)."""
-    result = run(home, "inventory", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    return sum(1 for n in json.loads(result.stdout)["nodes"] if n["resources"].get("GPU"))
+    """Workers alive (after earlier tests killed or added some), once Ray no longer lists the killed ones."""
+    nodes = json.loads(run(home, "cluster", "status", "-o", "json").stdout)["nodes"]
+    alive = sum(1 for n in nodes if not n["head"] and local.process_alive(n["pid"]))
+
+    def listed() -> int:
+        result = run(home, "inventory", "--format", "json")
+        assert result.returncode == 0, result.stderr
+        return sum(1 for n in json.loads(result.stdout)["nodes"] if n["resources"].get("GPU"))
+
+    wait_until(lambda: listed() == alive, what="Ray marking the killed workers dead")
+    return alive
 
 
 def test_no_room_to_repair_is_exit_3_leaves_the_rest_and_marks_the_deployment_degraded(home: Path) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from dpctl_ray.launcher import nodes, objects, records, supervisor
+from dpctl_ray.launcher import nodes, objects, records
 from dpctl_ray.launcher.status import HEALTH_TIMEOUT, Answer, DeploymentStatus, HostKey, processes_of, rank_status
 
 
@@ -45,18 +44,8 @@ def gather(name: str | None) -> list[DeploymentStatus]:
             processes = processes_of(answers)
         else:
             processes = []
-        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes, _supervisor(dep)))
+        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes))
     return out
-
-
-def _supervisor(name: str) -> dict[str, Any] | None:
-    actor = supervisor.find(name)
-    if actor is None:
-        return None
-    try:
-        return dataclasses.asdict(ray.get(actor.state.remote(), timeout=HEALTH_TIMEOUT))
-    except Exception as exc:  # noqa: BLE001 - a dead or slow supervisor is a finding, not a failed status
-        return {"state": "not answering", "reason": f"{type(exc).__name__}", "repairs": 0}
 
 
 def deployment_names() -> list[str]:
