@@ -171,7 +171,10 @@ class EngineHost:
         except Exception as exc:  # noqa: BLE001 - whatever an engine raises fails its rank, in its own words
             message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
             self.log(f"dpctl: failed to start: {message}")
-            self.state, self.detail, self.since = RankState.FAILED, message, time.time()
+            with self._lock:
+                undone = token in self._cancelled  # stopped by its launch's undo: not this rank's own failure
+            if not undone:
+                self.state, self.detail, self.since = RankState.FAILED, message, time.time()
             self.reporter.send(Phase.FAILED, message)
             raise EngineError(message) from None
         self.state, self.since = RankState.READY, time.time()
