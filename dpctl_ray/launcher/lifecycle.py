@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
@@ -218,6 +219,11 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
     return UpResult(record, plan, result)
 
 
+def _host_env(record: Record) -> dict[str, Any] | None:
+    """The runtime_env of a running deployment's new hosts: this command's dpctl, the record's engine part."""
+    return shipping.host_env(shipping.current_job(), record.runtime_env)
+
+
 def _granted(rank: RankRecord, result: LaunchResult) -> None:
     """Record what Ray granted a rank that came up."""
     progress = result.ranks[rank.rank]
@@ -288,7 +294,7 @@ def _scale_locked(record: Record, dp: int, timeouts: Timeouts, *, dry_run: bool,
             bind_ip=bind_ip(),
             node_ips=ips,
             master_port=master_port(record.name, record.engine.master_port),
-            runtime_env=shipping.host_env(shipping.current_job(), record.runtime_env),
+            runtime_env=_host_env(record),
         )
         try:
             launch = run.run()
@@ -366,7 +372,7 @@ def _run(
         bind_ip=bind_ip(),
         node_ips={n.id: n.ip for n in nodes},
         master_port=master_port(record.name, record.engine.master_port),
-        runtime_env=shipping.host_env(shipping.current_job(), record.runtime_env),
+        runtime_env=_host_env(record),
     ).run()
 
 
@@ -479,13 +485,9 @@ def lost_ranks(record: Record) -> tuple[dict[int, str], set[str]]:
     A rank needs repair when its node is gone (or its raylet refuses connections), its engine actor died,
     its process exited, or its engine's health says it failed.
     """
-    (status,) = observe.gather(record.name)
-    lost = {r.rank: r.detail or r.state.value for r in status.ranks if r.state in LOST}
     dying = nodes_of.unreachable({n for r in record.ranks for n in r.nodes})
-    for rank in record.ranks:
-        if rank.rank not in lost and dying & set(rank.nodes):
-            lost[rank.rank] = f"node {min(dying & set(rank.nodes))[:12]} does not answer"
-    return lost, dying
+    (status,) = observe.gather(record.name, dying)  # a rank on a dying node is DEAD: its node is gone
+    return {r.rank: r.detail or r.state.value for r in status.ranks if r.state in LOST}, dying
 
 
 def repair(name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> RepairResult:

@@ -11,8 +11,11 @@ from dpctl_ray.launcher import nodes, objects, records
 from dpctl_ray.launcher.status import HEALTH_TIMEOUT, Answer, DeploymentStatus, HostKey, processes_of, rank_status
 
 
-def gather(name: str | None) -> list[DeploymentStatus]:
-    """Every deployment (or one), every host's health asked in parallel with one short deadline."""
+def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentStatus]:
+    """Every deployment (or one), every host's health asked in parallel with one short deadline.
+
+    `dying`: nodes already found with their raylet refusing connections (found here when not given).
+    """
     wanted = [name] if name else deployment_names()
     alive = nodes.alive()
     found: list[tuple[records.Record | None, dict[HostKey, Any]]] = []
@@ -28,7 +31,9 @@ def gather(name: str | None) -> list[DeploymentStatus]:
                     calls[(rank.rank, k)] = actor.health.remote()
         found.append((record, calls))
     # A node whose raylet refuses connections is dead, though the GCS takes seconds more to say so.
-    alive -= nodes.unreachable({n for record, _ in found if record for r in record.ranks for n in r.nodes})
+    if dying is None:
+        dying = nodes.unreachable({n for record, _ in found if record for r in record.ranks for n in r.nodes})
+    alive -= dying
     every = [ref for _, calls in found for ref in calls.values()]
     done = set(ray.wait(every, num_returns=len(every), timeout=HEALTH_TIMEOUT)[0]) if every else set()
     out = []
