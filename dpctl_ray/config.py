@@ -12,6 +12,7 @@ from dpctl_ray import values
 from dpctl_ray.engines.spec import DemoSpec, EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.files import load_document
+from dpctl_ray.planner.labels import MAX_SELECTORS, LabelError, LabelMatch, check_key, parse_flag
 from dpctl_ray.planner.model import LAYOUTS, NAME_RULE, PACKS, Placement, valid_name
 from dpctl_ray.planner.place import MAX_CPUS, MAX_WORLD_SIZE
 
@@ -40,6 +41,35 @@ def _dp_local(value: object, path: str) -> int | None:
     return None if value == "auto" else values.integer(value, path, expect="auto")
 
 
+def _select(value: object, path: str) -> tuple[LabelMatch, ...]:
+    """Label selectors: a mapping {KEY: VALUE} from the file, or KEY=VALUE texts from repeated flags."""
+    hint = "e.g. zone=a, zone!=a, zone=in(a,b)"
+    if isinstance(value, Mapping):
+        given: list[Any] = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        given = list(value)
+    else:
+        raise ConfigError(f"{path}: must map label names to values ({{zone: a}}), got {values.show(value)}", hint=hint)
+    if len(given) > MAX_SELECTORS:
+        raise ConfigError(f"{path}: gives {len(given)} selectors; dpctl takes at most {MAX_SELECTORS}")
+    try:
+        matches = [LabelMatch.parse(*item) if isinstance(item, tuple) else parse_flag(item) for item in given]
+    except LabelError as exc:
+        raise ConfigError(f"{path}: {exc}", hint=hint) from None
+    keys = [m.key for m in matches]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"{path}: selects the label {values.show(twice)} twice", hint="give each label once")
+    return tuple(matches)
+
+
+def _label(value: object, path: str) -> str:
+    try:
+        return check_key(values.text(value, path))
+    except LabelError as exc:
+        raise ConfigError(f"{path}: {exc}", hint="e.g. zone, rack or ray.io/gpu-domain") from None
+
+
 # Adding a placement option means adding its Placement field and one entry here: the config key, the flag of
 # `plan` and `up`, and the check follow from it.
 PLACEMENT_KEYS: tuple[PlacementKey, ...] = (
@@ -58,6 +88,16 @@ PLACEMENT_KEYS: tuple[PlacementKey, ...] = (
         "LAYOUT",
         lambda v, p: values.choice(v, p, LAYOUTS),
     ),
+    PlacementKey(
+        "select",
+        "Only nodes whose labels match (KEY=VALUE, KEY!=VALUE, KEY=in(a,b); repeat).",
+        "SEL",
+        _select,
+        many=True,
+    ),
+    PlacementKey("within", "Keep the whole deployment inside one value of this label.", "LABEL", _label),
+    PlacementKey("rank_within", "Keep each rank's nodes inside one value of this label.", "LABEL", _label),
+    PlacementKey("spread", "Spread ranks evenly across the values of this label.", "LABEL", _label),
 )
 
 

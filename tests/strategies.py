@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import strategies as st
 
 from dpctl_ray.planner import Node, Placement, PlanRequest
+from dpctl_ray.planner.labels import LabelMatch
 
 DEVICE_COUNTS = st.sampled_from([0, 1, 2, 4, 8, 8, 8, 16])
 CPU_AMOUNTS = st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0, 16.0, 64.0])
@@ -93,4 +96,40 @@ def roomy_requests(draw: st.DrawFn) -> PlanRequest:
         allow = tuple(draw(st.lists(st.sampled_from(ids), min_size=1, max_size=count, unique=True)))
     cpus = draw(st.sampled_from([0.5, 1.0, 1.0, 2.0]))
     spec = Placement(dp=dp, tp=tp, pp=pp, dp_local=dp_local, pack=pack, master=master, nodes=allow, cpus=cpus)
+    return PlanRequest(name="prop", spec=spec, nodes=tuple(cluster))
+
+
+ZONES = st.sampled_from(["a", "a", "b", "c", None])
+DOMAINS = st.sampled_from(["x", "y", "y", None])
+
+
+@st.composite
+def labelled_requests(draw: st.DrawFn) -> PlanRequest:
+    """roomy_requests on nodes labelled with a zone and an NVLink domain (either sometimes missing), with label
+    options drawn: a selector, within, rank_within and spread (within and spread never on one label)."""
+    request = draw(roomy_requests())
+    cluster = []
+    for node in request.nodes:
+        zone, domain = draw(ZONES), draw(DOMAINS)
+        labels = {k: v for k, v in (("zone", zone), ("domain", domain)) if v is not None}
+        cluster.append(dataclasses.replace(node, labels=labels))
+    select: tuple[LabelMatch, ...] = ()
+    if draw(st.integers(0, 3)) == 0:
+        select = (
+            draw(
+                st.sampled_from(
+                    [
+                        LabelMatch("zone", ("a",)),
+                        LabelMatch("zone", ("c",), negate=True),
+                        LabelMatch("domain", ("x", "y")),
+                    ]
+                )
+            ),
+        )
+    within = draw(st.sampled_from([None, None, "zone", "domain"]))
+    spread = draw(st.sampled_from([None, "zone", "domain"]))
+    if spread == within:
+        spread = None
+    rank_within = draw(st.sampled_from([None, "domain", "zone"]))
+    spec = dataclasses.replace(request.spec, select=select, within=within, rank_within=rank_within, spread=spread)
     return PlanRequest(name="prop", spec=spec, nodes=tuple(cluster))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dpctl_ray.planner import Infeasible, Node, Placement, Plan, PlanRequest, plan
 from dpctl_ray.planner.document import dumps, plan_from_document, plan_json, plan_to_document
 from dpctl_ray.planner.model import units
-from tests.strategies import requests, roomy_requests
+from tests.strategies import labelled_requests, requests, roomy_requests
 
 # Some drawn requests are infeasible and filtered out by assume(); that is expected, not a health problem.
 settings.register_profile(
@@ -206,3 +206,70 @@ def test_fingerprint_changes_when_free_devices_change() -> None:
     assert isinstance(first, Plan)
     assert isinstance(second, Plan)
     assert first.fingerprint != second.fingerprint
+
+
+# --- labels ---------------------------------------------------------------------------------------------
+
+
+def _value(request: PlanRequest, node: str, label: str) -> str:
+    return next(n for n in request.nodes if n.id == node).labels.get(label, "")
+
+
+@given(labelled_requests())
+def test_rank_within_never_crosses_values(request: PlanRequest) -> None:
+    """With rank_within, all of a rank's nodes share one value of the label."""
+    assume(request.spec.rank_within is not None)
+    result = feasible(request)
+    label = request.spec.rank_within
+    assert label is not None
+    for r in result.ranks:
+        assert len({_value(request, n, label) for n in r.nodes}) == 1
+
+
+@given(labelled_requests())
+def test_within_uses_one_value(request: PlanRequest) -> None:
+    """With within, every node of every rank holds the one value the plan chose."""
+    assume(request.spec.within is not None)
+    result = feasible(request)
+    label = request.spec.within
+    assert label is not None
+    used = {_value(request, n, label) for r in result.ranks for n in r.nodes}
+    assert used == {result.spec.within_value}
+
+
+@given(labelled_requests())
+def test_select_never_uses_a_non_matching_node(request: PlanRequest) -> None:
+    """With selectors, every node a rank uses matches all of them (and so carries each selected label)."""
+    assume(request.spec.select)
+    result = feasible(request)
+    by_id = {n.id: n for n in request.nodes}
+    for r in result.ranks:
+        for node in r.nodes:
+            assert all(m.matches(by_id[node].labels) for m in request.spec.select)
+
+
+@given(labelled_requests())
+def test_spread_is_never_less_even_than_the_unconstrained_plan(request: PlanRequest) -> None:
+    """With spread, the most ranks any one value holds is at most what the same request without spread puts there."""
+    label = request.spec.spread
+    assume(label is not None)
+    assert label is not None
+    spread = feasible(request)
+    plain = plan(dataclasses.replace(request, spec=dataclasses.replace(request.spec, spread=None)))
+    assume(isinstance(plain, Plan))
+    assert isinstance(plain, Plan)
+
+    def most(result: Plan) -> int:
+        return max(Counter(_value(request, r.control, label) for r in result.ranks).values())
+
+    assert most(spread) <= most(plain)
+
+
+@given(labelled_requests())
+def test_labelled_plans_round_trip_and_verify(request: PlanRequest) -> None:
+    """A labelled plan written with --out reads back to the same spec and ranks, and passes the plan-file checks."""
+    result = feasible(request)
+    back = plan_from_document(json.loads(plan_json(result)))
+    assert back.spec == result.spec
+    assert back.ranks == result.ranks
+    assert back.fingerprint == result.fingerprint

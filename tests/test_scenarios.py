@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
+from dpctl_ray.config import PLACEMENT_KEYS
 from dpctl_ray.errors import BadInput
 from dpctl_ray.planner import Infeasible, Placement, Plan, PlanRequest, plan
 from dpctl_ray.planner.inventory import nodes_from_document
 
+PLACEMENT = {key.name: key for key in PLACEMENT_KEYS}
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.yaml"))
 
 
@@ -24,6 +26,8 @@ def request_of(scenario: dict[str, Any]) -> PlanRequest:
     raw = dict(scenario["request"])
     if "nodes" in raw:
         raw["nodes"] = tuple(raw["nodes"])
+    if "select" in raw:
+        raw["select"] = PLACEMENT["select"].check(raw["select"], "placement.select")
     nodes = nodes_from_document({"nodes": scenario["nodes"]})
     return PlanRequest(name="scenario", spec=Placement(**raw), nodes=nodes)
 
@@ -57,6 +61,8 @@ def test_scenario(path: Path) -> None:
             assert result.best.node == expect["best"]
         if "skipped" in expect:
             assert {s.node: s.reason.value for s in result.skipped} == expect["skipped"]
+        if "within" in expect:
+            assert dict(result.within) == expect["within"]
         return
 
     assert isinstance(result, Plan), f"expected a plan, got {result}"
@@ -68,6 +74,11 @@ def test_scenario(path: Path) -> None:
         assert {s.node: s.reason.value for s in result.skipped} == expect["skipped"]
     if "warnings" in expect:
         assert list(result.warnings) == expect["warnings"]
+    if "within_value" in expect:
+        assert result.spec.within_value == expect["within_value"]
+    for node, (label, value) in expect.get("labels", {}).items():
+        skip = next(s for s in result.skipped if s.node == node)
+        assert (skip.label, skip.value) == (label, value)
     for rank, node in expect.get("controls", {}).items():
         assert result.ranks[rank].control == node
     device = expect.get("device", request.spec.device)

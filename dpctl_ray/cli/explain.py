@@ -40,6 +40,10 @@ def reason_text(skip: Skip, device: str) -> str:
             )
         case SkipReason.HETEROGENEOUS:
             return f"span takes whole nodes of {skip.need_devices} {device}; this one has {skip.free_devices}"
+        case SkipReason.LABEL:
+            if skip.value is None:
+                return f"has no label {skip.label}"
+            return f"label {skip.label}={skip.value} is not selected"
     return free  # pragma: no cover - every reason is matched above
 
 
@@ -78,6 +82,16 @@ def in_words(exc: NoPlan) -> InfeasibleError:
 
 def describe(result: Infeasible) -> tuple[str, str]:
     """The one-line message and the hint for an infeasible plan."""
+    message, hint = _describe(result)
+    if result.within:
+        label = result.spec.within
+        each = ", ".join(f"{value or '(none)'} {free} {result.spec.device}" for value, free in result.within)
+        message = f"no value of {label} holds the deployment ({each} free); with the most: {message}"
+        hint = f"drop --within {label}, lower --dp or --tp, or free devices in one {label}"
+    return message, hint
+
+
+def _describe(result: Infeasible) -> tuple[str, str]:
     spec = result.spec
     device = spec.device
     need = _need(device, result.need_devices, result.need_cpus)

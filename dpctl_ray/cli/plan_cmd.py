@@ -15,9 +15,11 @@ from dpctl_ray.cli.render import (
     Column,
     node_columns,
     node_rows,
+    nodes_title,
     plan_title,
     rank_rows,
     short_ids,
+    shown_labels,
     summarised_nodes,
     table,
 )
@@ -178,7 +180,9 @@ def show_plan(result: Plan, *, full: bool) -> None:
     usage = result.usage()
     listed = len(summarised_nodes(result, usage))
     rows = node_rows(result, usage, limit)
-    nodes = table(node_columns(result.spec.device), rows, title="nodes", total=listed, what="nodes")
+    labels = shown_labels(result.spec)
+    columns = node_columns(result.spec.device, labels)
+    nodes = table(columns, rows, title=nodes_title(labels), total=listed, what="nodes")
     console.print_data(nodes)
     passed_over = worth_showing(result.skipped, show_deviceless=False)
     if passed_over:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dpctl_ray.launcher.progress import RankPhase, RankProgress
 from dpctl_ray.launcher.status import DeploymentStatus, RankStatus
 from dpctl_ray.planner.inventory import number
-from dpctl_ray.planner.model import Node, Plan, Usage
+from dpctl_ray.planner.model import Node, Plan, ResolvedSpec, Usage
 from dpctl_ray.planner.scale import ScalePlan
 from dpctl_ray.values import printable
 
@@ -55,8 +55,19 @@ def plan_title(plan: Plan) -> str:
     return (
         f"{plan.name}: {s.dp} rank{'s' if s.dp != 1 else ''} of {shape} "
         f"({s.dp * s.world_size} {s.device} on {nodes_used} node{'s' if nodes_used != 1 else ''}), "
-        f"pack {s.pack}, dp_local {s.dp_local}, bundles {s.bundles}"
+        f"pack {s.pack}, dp_local {s.dp_local}, bundles {s.bundles}{label_rules(s)}"
     )
+
+
+def label_rules(spec: ResolvedSpec) -> str:
+    """The label options of a spec as a title states them (nothing when it has none)."""
+    rules = [f"select {', '.join(map(str, spec.select))}"] if spec.select else []
+    if spec.within is not None:
+        rules.append(f"within {spec.within}={spec.within_value or '(none)'}")
+    rules += [
+        f"{name} {label}" for name, label in (("rank_within", spec.rank_within), ("spread", spec.spread)) if label
+    ]
+    return f"; {'; '.join(rules)}" if rules else ""
 
 
 def rank_rows(plan: Plan, limit: int | None = None) -> list[tuple[str, ...]]:
@@ -137,21 +148,40 @@ def node_rows(plan: Plan, usage: Usage, limit: int | None = None) -> list[tuple[
             counts: tuple[str, ...] = (f"{number(devices + cpus)}/{free_cpus}",)
         else:
             counts = (f"{devices}/{node.free_devices(device)}", f"{number(cpus)}/{free_cpus}")
-        rows.append((names[node.id], node.ip, role, *counts, device_map(node, usage.ranks.get(node.id, []), device)))
+        values = tuple(node.labels.get(k, "") for k in shown_labels(plan.spec))
+        row = (names[node.id], node.ip, *values, role, *counts)
+        rows.append((*row, device_map(node, usage.ranks.get(node.id, []), device)))
     return rows
 
 
-def node_columns(device: str) -> tuple[Column, ...]:
-    """Columns of the per-node summary."""
+def shown_labels(spec: ResolvedSpec) -> tuple[str, ...]:
+    """The labels the node summary shows a column for: those that group nodes (within, rank_within, spread)."""
+    return tuple(dict.fromkeys(k for k in (spec.within, spec.rank_within, spec.spread) if k is not None))
+
+
+def node_columns(device: str, labels: Sequence[str] = ()) -> tuple[Column, ...]:
+    """Columns of the per-node summary; `labels` get a column each (named without a prefix/), after the ip.
+
+    With labels shown, the device map's legend moves to the title (`nodes_title`) to keep 100 columns.
+    """
     cpus = () if device == "CPU" else (Column("CPU plan/free", "right"),)
     return (
         Column("node"),
         Column("ip"),
+        *(Column(label.rpartition("/")[2]) for label in labels),
         Column("role"),
         Column(f"{device} plan/free", "right"),
         *cpus,
-        Column("devices (rank; x busy, · free)", no_wrap=True),
+        Column("devices" if labels else f"devices ({LEGEND})", no_wrap=True),
     )
+
+
+LEGEND = "rank; x busy, · free"
+
+
+def nodes_title(labels: Sequence[str]) -> str:
+    """The per-node summary's title."""
+    return f"nodes (devices: {LEGEND})" if labels else "nodes"
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,8 +151,9 @@ class Launch:
         plan, spec = self.plan, self.plan.spec
         groups: dict[Any, int] = {}
         created_groups = {}
+        labels = {n.id: n.labels for n in plan.nodes} if spec.labels else {}
         for rank in self.create:
-            group = objects.create_group(plan.name, rank, plan.bundles(rank))
+            group = objects.create_group(plan.name, rank, plan.bundles(rank), spec, labels)
             self.created.groups.append(group)
             created_groups[rank.rank] = group
             groups[group.ready()] = rank.rank

@@ -133,7 +133,7 @@ def up(config: Config, *, planned: Plan | None, observer: Observer, keep_on_fail
 
 
 def _check_fresh(planned: Plan, nodes: tuple[Node, ...]) -> None:
-    now = cluster_fingerprint(nodes, planned.spec.device, planned.spec.bundles)
+    now = cluster_fingerprint(nodes, planned.spec.device, planned.spec.bundles, planned.spec.labels)
     if now != planned.fingerprint:
         raise BadInput(
             f"the plan file was made against another cluster state (fingerprint {planned.fingerprint}, "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,21 +16,40 @@ from dpctl_ray.engines.host import EngineHost
 from dpctl_ray.engines.work import HostSpec
 from dpctl_ray.launcher.nodes import NODE_ID_LABEL
 from dpctl_ray.launcher.records import NAMESPACE, ObjectKind, ObjectName, object_name, prefix
-from dpctl_ray.planner.model import Bundle, RankPlacement
+from dpctl_ray.planner.model import Bundle, RankPlacement, ResolvedSpec
 
 RemoteEngineHost = ray.remote(EngineHost)
 
 
-def create_group(deployment: str, rank: RankPlacement, bundles: tuple[Bundle, ...]) -> PlacementGroup:
-    """One rank's detached, named placement group, every bundle pinned to its planned node by node id."""
+def create_group(
+    deployment: str,
+    rank: RankPlacement,
+    bundles: tuple[Bundle, ...],
+    spec: ResolvedSpec,
+    labels: Mapping[str, Mapping[str, str]],
+) -> PlacementGroup:
+    """One rank's detached, named placement group, every bundle pinned to its planned node by node id.
+
+    The spec's label rules go to Ray too (`labels`: node id -> its labels): each bundle's selector, and for
+    `rank_within` a topology strategy that keeps the group inside one value, where this Ray has one.
+    """
+    selectors = [{**spec.selector(labels.get(b.node, {})), NODE_ID_LABEL: b.node} for b in bundles]
+    options: dict[str, Any] = {"strategy": rank.strategy}
+    domain = spec.rank_within
+    if domain is not None and len(rank.nodes) > 1 and TOPOLOGY and all(domain in labels.get(n, {}) for n in rank.nodes):
+        options = {"topology_strategy": {NODE_ID_LABEL: rank.strategy, domain: "STRICT_PACK"}}
     group: PlacementGroup = placement_group(
         [dict(b.resources) for b in bundles],
-        strategy=rank.strategy,
         name=object_name(deployment, ObjectKind.GROUP, rank.rank),
         lifetime="detached",
-        bundle_label_selector=[{NODE_ID_LABEL: b.node} for b in bundles],
+        bundle_label_selector=selectors,
+        **options,
     )
     return group
+
+
+# Ray 2.60 added topology strategies (one label besides the node id, STRICT_PACK only); older Ray has none.
+TOPOLOGY = "topology_strategy" in inspect.signature(placement_group).parameters
 
 
 def group_infeasible(group: PlacementGroup) -> bool:

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -21,6 +21,7 @@ from typing import Any
 from dpctl_ray.engines.spec import EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput, Busy
 from dpctl_ray.planner.document import spec_from_document, spec_to_document
+from dpctl_ray.planner.labels import LabelMatch
 from dpctl_ray.planner.model import STRATEGY, Placement, Plan, RankPlacement, ResolvedSpec, valid_name
 from dpctl_ray.values import show
 
@@ -168,7 +169,7 @@ class Record:
         return cls(
             name=raw["name"],
             state=DeploymentState(raw["state"]),
-            request=Placement(**{**request, "nodes": tuple(request["nodes"])}),
+            request=request_from_document(request),
             spec=spec_from_document(raw["spec"]),
             engine=engine_from_document(raw["engine"]),
             token=raw["token"],
@@ -202,9 +203,16 @@ def _mapping(value: object, key: str) -> dict[str, Any]:
 
 def request_document(spec: Placement) -> dict[str, Any]:
     """The placement as the user asked for it, for comparing a new `up` with what runs."""
-    doc = dataclasses.asdict(spec)
+    doc = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     doc["nodes"] = list(spec.nodes)
+    doc["select"] = {m.key: m.ray_value for m in spec.select}
     return doc
+
+
+def request_from_document(doc: Mapping[str, Any]) -> Placement:
+    """A stored request back (records written before label options have none)."""
+    select = tuple(LabelMatch.parse(k, v) for k, v in doc.get("select", {}).items())
+    return Placement(**{**doc, "nodes": tuple(doc["nodes"]), "select": select})
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
 from dpctl_ray.planner.inventory import MAX_AMOUNT, number, valid_ip
+from dpctl_ray.planner.labels import MAX_SELECTORS, LabelError, LabelMatch, check_key
 from dpctl_ray.planner.model import (
     LAYOUTS,
     PACKS,
@@ -63,6 +64,7 @@ def plan_to_document(plan: Plan, extra: Mapping[str, list[Any]] | None = None) -
                 "head": n.head,
                 "available": _available(n, device),
                 "planned": amounts(device, usage.devices.get(n.id, 0), usage.cpus.get(n.id, 0.0)),
+                **({"labels": node_labels(n, spec)} if spec.labels else {}),
             }
             for n in plan.nodes
         ],
@@ -94,7 +96,24 @@ def spec_to_document(name: str, spec: ResolvedSpec) -> dict[str, Any]:
         "master": spec.master,
         "nodes": list(spec.nodes),
         "bundles": spec.bundles,
+        **label_options(spec),
     }
+
+
+def label_options(spec: ResolvedSpec) -> dict[str, Any]:
+    """The label options a spec uses (none: no keys, so documents without labels read as before)."""
+    doc: dict[str, Any] = {}
+    if spec.select:
+        doc["select"] = {m.key: m.ray_value for m in spec.select}
+    for key in ("within", "within_value", "rank_within", "spread"):
+        if getattr(spec, key) is not None:
+            doc[key] = getattr(spec, key)
+    return doc
+
+
+def node_labels(node: Node, spec: ResolvedSpec) -> dict[str, str]:
+    """The labels of a node that the spec reads."""
+    return {k: node.labels[k] for k in spec.labels if k in node.labels}
 
 
 def skip_to_document(skip: Skip, device: str = "GPU") -> dict[str, Any]:
@@ -103,7 +122,10 @@ def skip_to_document(skip: Skip, device: str = "GPU") -> dict[str, Any]:
     need = {"devices": skip.need_devices, "CPU": number(skip.need_cpus)}
     if device == "CPU":
         free, need = {"CPU": number(skip.free_cpus)}, {"CPU": number(skip.need_devices + skip.need_cpus)}
-    return {"node": skip.node, "ip": skip.ip, "reason": skip.reason.value, "free": free, "need": need}
+    doc: dict[str, Any] = {"node": skip.node, "ip": skip.ip, "reason": skip.reason.value, "free": free, "need": need}
+    if skip.label:
+        doc |= {"label": skip.label, "value": skip.value}
+    return doc
 
 
 def infeasible_details(result: Infeasible) -> dict[str, Any]:
@@ -123,6 +145,7 @@ def infeasible_details(result: Infeasible) -> dict[str, Any]:
         "master": result.master,
         "dp_local": result.dp_local,
         "skipped": [skip_to_document(s, device) for s in result.skipped],
+        **({"within": [{"value": v, "free": {device: free}} for v, free in result.within]} if result.within else {}),
         "cluster_fingerprint": result.fingerprint,
     }
 
@@ -205,13 +228,18 @@ def _parts(plan: Plan, q: Callable[[str], str], extra: Mapping[str, list[Any]]) 
         for r in plan.ranks
     ]
     head = {True: "true", False: "false"}
+    spec = plan.spec
+
+    def labels(n: Node) -> str:
+        return f', "labels": {json.dumps(node_labels(n, spec), ensure_ascii=ascii_only)}' if spec.labels else ""
+
     usage = plan.usage()
     devices, cpus = usage.devices, usage.cpus
     if device == "CPU":  # one count: the ranks' devices and their engines draw on the same CPUs
         nodes = [
             f'{{"id": {q(n.id)}, "ip": {q(n.ip)}, "head": {head[n.head]}, '
             f'"available": {{"CPU": {num(n.available.get("CPU", 0.0))}}}, '
-            f'"planned": {{"CPU": {num(devices.get(n.id, 0) + cpus.get(n.id, 0.0))}}}}}'
+            f'"planned": {{"CPU": {num(devices.get(n.id, 0) + cpus.get(n.id, 0.0))}}}{labels(n)}}}'
             for n in plan.nodes
         ]
     else:
@@ -219,7 +247,7 @@ def _parts(plan: Plan, q: Callable[[str], str], extra: Mapping[str, list[Any]]) 
             f'{{"id": {q(n.id)}, "ip": {q(n.ip)}, "head": {head[n.head]}, '
             f'"available": {{{dev}: {num(n.available.get(device, 0.0))}, '
             f'"CPU": {num(n.available.get("CPU", 0.0))}}}, '
-            f'"planned": {{{dev}: {devices.get(n.id, 0)}, "CPU": {num(cpus.get(n.id, 0.0))}}}}}'
+            f'"planned": {{{dev}: {devices.get(n.id, 0)}, "CPU": {num(cpus.get(n.id, 0.0))}}}{labels(n)}}}'
             for n in plan.nodes
         ]
     return [
@@ -344,7 +372,9 @@ def _spec(doc: Mapping[str, Any]) -> tuple[str, ResolvedSpec]:
     layout = doc.get("bundles", "per_device")  # plan files written before layouts were per_device
     if layout not in LAYOUTS:
         raise PlanFileError(f"spec.bundles: must be one of {', '.join(LAYOUTS)}, got {show(layout)}")
+    options = _label_options(doc)
     spec = ResolvedSpec(
+        **options,
         bundles=layout,
         dp=_int(_field(doc, "dp", "spec"), "spec.dp", maximum=MAX_RANKS),
         dp_local=_int(_field(doc, "dp_local", "spec"), "spec.dp_local", maximum=MAX_RANKS),
@@ -360,6 +390,28 @@ def _spec(doc: Mapping[str, Any]) -> tuple[str, ResolvedSpec]:
     if world_size != spec.world_size:
         raise PlanFileError(f"spec.world_size: must be tp x pp ({spec.world_size}), got {show(world_size)}")
     return name, spec
+
+
+def _label_options(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """spec.select, within, within_value, rank_within and spread, each checked as the config checks it."""
+    out: dict[str, Any] = {}
+    raw_select = doc.get("select", {})
+    if not isinstance(raw_select, Mapping) or len(raw_select) > MAX_SELECTORS:
+        raise PlanFileError(f"spec.select: must map at most {MAX_SELECTORS} label names to values")
+    try:
+        out["select"] = tuple(LabelMatch.parse(k, v) for k, v in raw_select.items())
+        for key in ("within", "rank_within", "spread"):
+            if doc.get(key) is not None:
+                out[key] = check_key(doc[key])
+    except LabelError as exc:
+        raise PlanFileError(f"spec: {exc}") from None
+    value = doc.get("within_value")
+    if value is not None and (not isinstance(value, str) or len(value) > 63):
+        raise PlanFileError(f"spec.within_value: must be a label value, got {show(value)}")
+    if (value is None) != (out.get("within") is None):
+        raise PlanFileError("spec.within_value: must be given exactly when spec.within is")
+    out["within_value"] = value
+    return out
 
 
 def _rank(raw: object, i: int, spec: ResolvedSpec) -> RankPlacement:
@@ -438,7 +490,13 @@ def _node(raw: object, i: int, device: str) -> Node:
         if key not in (device, "CPU") or type(value) not in (int, float) or not 0 <= value <= MAX_AMOUNT:
             raise PlanFileError(f"{path}.available.{show(key)[1:-1]}: must be an amount of {device} or CPU")
         available[key] = float(value)
-    return Node(id=_id(_field(n, "id", path), f"{path}.id"), ip=ip, head=head, resources=available, available=available)
+    labels = n.get("labels", {})
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 317 and len(v) <= 63 for k, v in labels.items()
+    ):
+        raise PlanFileError(f"{path}.labels: must map label names to values, got {show(labels)}")
+    node_id = _id(_field(n, "id", path), f"{path}.id")
+    return Node(id=node_id, ip=ip, head=head, resources=available, available=available, labels=dict(labels))
 
 
 def _field(doc: Mapping[str, Any], key: str, path: str) -> Any:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Literal, TypeGuard
 
+from dpctl_ray.planner.labels import LabelMatch
+
 Pack = Literal["strict", "fill", "span"]
 PACKS: tuple[Pack, ...] = ("strict", "fill", "span")
 # How a rank's placement group is cut into bundles: one per node of the rank (its devices there, plus the
@@ -72,11 +74,22 @@ class Placement:
     nodes: tuple[str, ...] = ()  # allow-list of node ids or ips; empty = all
     cpus: float = 1.0
     bundles: Layout | None = None  # None: what the engine needs (per_node unless it says otherwise)
+    select: tuple[LabelMatch, ...] = ()  # only nodes whose labels match every selector
+    within: str | None = None  # a label: the whole deployment inside one of its values
+    rank_within: str | None = None  # a label: each rank's nodes share one of its values
+    spread: str | None = None  # a label: ranks spread evenly across its values
 
     @property
     def world_size(self) -> int:
         """Devices one rank needs."""
         return self.tp * self.pp
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The label keys planning reads, each once, in a fixed order."""
+        keys = [m.key for m in self.select]
+        keys += [k for k in (self.within, self.rank_within, self.spread) if k is not None]
+        return tuple(dict.fromkeys(keys))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,12 +183,27 @@ class ResolvedSpec(Placement):
 
     dp_local: int = 1
     bundles: Layout = "per_node"
+    within_value: str | None = None  # with `within`: the label value chosen to hold the deployment
 
     @classmethod
-    def of(cls, spec: Placement, *, dp_local: int, master: str) -> ResolvedSpec:
+    def of(cls, spec: Placement, *, dp_local: int, master: str, within_value: str | None = None) -> ResolvedSpec:
         """`spec` with these values for what it left to the planner."""
         values = {f.name: getattr(spec, f.name) for f in fields(Placement)}
-        return cls(**{**values, "dp_local": dp_local, "master": master, "bundles": spec.bundles or "per_node"})
+        resolved = {"dp_local": dp_local, "master": master, "bundles": spec.bundles or "per_node"}
+        return cls(**{**values, **resolved, "within_value": within_value})
+
+    def selector(self, labels: Mapping[str, str]) -> dict[str, str]:
+        """The label selector (Ray's syntax) a bundle on a node with these labels is given besides its node id.
+
+        The selectors, the `within` value, and the node's own `rank_within` value: Ray then holds the group to
+        the same rules the plan followed. A label a node lacks (an empty value) is left to the node id pin.
+        """
+        out = {m.key: m.ray_value for m in self.select}
+        if self.within is not None and self.within_value:
+            out[self.within] = self.within_value
+        if self.rank_within is not None and labels.get(self.rank_within):
+            out[self.rank_within] = labels[self.rank_within]
+        return out
 
 
 class SkipReason(str, Enum):
@@ -186,6 +214,7 @@ class SkipReason(str, Enum):
     TOO_FEW_DEVICES = "too_few_devices"  # free devices below what one rank (or dp_local ranks) needs
     TOO_FEW_CPUS = "too_few_cpus"  # devices fit, the control bundle's CPUs do not
     HETEROGENEOUS = "heterogeneous"  # span: free devices differ from the master's
+    LABEL = "label"  # its labels do not match `select`, or it is outside the `within` value
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +228,8 @@ class Skip:
     free_cpus: float = 0.0
     need_devices: int = 0
     need_cpus: float = 0.0
+    label: str = ""  # LABEL: the label that ruled the node out
+    value: str | None = None  # LABEL: the node's value of it (None: the node lacks the label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,3 +291,4 @@ class Infeasible:
     dp_local: int | None = None  # ranks per node in strict mode, once resolved
     detail: str = ""  # the user-given value the code refers to (a master name, ...)
     fingerprint: str = ""
+    within: tuple[tuple[str, int], ...] = ()  # with `within`: each value of the label and its free devices

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import heapq
+import itertools
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from dpctl_ray.errors import BadInput, InfeasibleError
+from dpctl_ray.planner.labels import LabelError, LabelMatch, check_key, value_of
 from dpctl_ray.planner.model import (
     GRANULARITY,
     LAYOUTS,
@@ -68,7 +73,24 @@ def plan(request: PlanRequest) -> Plan | Infeasible:
         raise SpecError("inventory: lists no node", hint="an inventory lists the cluster's nodes under `nodes:`")
     ordered = sorted(request.nodes, key=node_order_key)
     candidates, skipped, warnings = filter_nodes(ordered, spec, request.spelled)
-    fingerprint = cluster_fingerprint(request.nodes, spec.device, spec.bundles or "per_node")
+    warnings += missing_label_warnings(candidates, spec, request.spelled)
+    fingerprint = cluster_fingerprint(request.nodes, spec.device, spec.bundles or "per_node", spec.labels)
+    if spec.within is not None:
+        return _plan_within(request, spec.within, ordered, candidates, skipped, warnings, fingerprint)
+    return _plan_on(request, ordered, candidates, skipped, warnings, fingerprint)
+
+
+def _plan_on(
+    request: PlanRequest,
+    ordered: list[Node],
+    candidates: list[Node],
+    skipped: list[Skip],
+    warnings: list[str],
+    fingerprint: str,
+    within_value: str | None = None,
+) -> Plan | Infeasible:
+    """Steps 2 and 3 on these candidates: choose the master, then place the ranks."""
+    spec = request.spec
     run = Planning(request, Ledger.of(candidates, spec), skipped, fingerprint)
     master = _choose_master(run, candidates)
     if isinstance(master, Infeasible):
@@ -78,15 +100,54 @@ def plan(request: PlanRequest) -> Plan | Infeasible:
     if isinstance(placed, Infeasible):
         return placed
     ranks, dp_local = placed
+    if ranks[0].nodes[0] != master.id:
+        # span under rank_within or spread: the master's value could not make a whole rank
+        if spec.master != "auto":
+            return run.infeasible(InfeasibleCode.MASTER_CANNOT_FIT, run.ledger.offer(master), master=master)
+        master = next(n for n in candidates if n.id == ranks[0].nodes[0])
     return Plan(
         name=request.name,
-        spec=ResolvedSpec.of(spec, dp_local=dp_local, master=master.id),
+        spec=ResolvedSpec.of(spec, dp_local=dp_local, master=master.id, within_value=within_value),
         ranks=tuple(ranks),
         nodes=(master, *(n for n in ordered if n is not master)),
         skipped=tuple(skipped),
         warnings=tuple(warnings),
         fingerprint=run.fingerprint,
     )
+
+
+def _plan_within(
+    request: PlanRequest,
+    label: str,
+    ordered: list[Node],
+    candidates: list[Node],
+    skipped: list[Skip],
+    warnings: list[str],
+    fingerprint: str,
+) -> Plan | Infeasible:
+    """Step 2a (within): plan inside one value of the label; values with the most free devices are tried first.
+
+    A named master decides the value. The nodes of the other values are skipped, naming the label.
+    """
+    spec = request.spec
+    groups: dict[str, list[Node]] = {}
+    for node in candidates:
+        groups.setdefault(value_of(node.labels, label), []).append(node)
+    capacity = {value: sum(n.free_devices(spec.device) for n in nodes) for value, nodes in groups.items()}
+    values = sorted(groups, key=lambda v: (-capacity[v], v))
+    named = [n for n in request.nodes if n.id == spec.master] or [n for n in request.nodes if n.ip == spec.master]
+    if spec.master != "auto" and len(named) == 1:
+        values = [value_of(named[0].labels, label)]
+    first: Infeasible | None = None
+    for value in values or [""]:
+        inside = groups.get(value, [])
+        result = _plan_on(request, ordered, inside, list(skipped), warnings, fingerprint, within_value=value)
+        if isinstance(result, Plan):
+            outside = [_label_skip(n, spec, label) for n in candidates if value_of(n.labels, label) != value]
+            return dataclasses.replace(result, skipped=(*result.skipped, *outside))
+        first = first or result
+    assert first is not None  # noqa: S101 - at least one value was tried
+    return dataclasses.replace(first, within=tuple((v, capacity[v]) for v in sorted(groups)))
 
 
 @dataclass(slots=True)
@@ -184,18 +245,47 @@ def check_spec(spec: Placement, spelled: Mapping[str, str] | None = None) -> Non
         raise SpecError(f"{key('bundles')}: must be one of {', '.join(LAYOUTS)}, got {show(spec.bundles)}")
     if not isinstance(spec.master, str) or not spec.master:
         raise SpecError(f"{key('master')}: must be auto, a node id or an ip, got {show(spec.master)}")
+    _check_labels(spec, key)
 
 
-def cluster_fingerprint(nodes: Iterable[Node], device: str, layout: Layout = "per_node") -> str:
-    """A digest of what planning reads (ids, ips, head, free devices and CPUs), and of the bundle layout.
+def _check_labels(spec: Placement, key: Callable[[str], str]) -> None:
+    """The label options: selectors as Ray writes them, one per key; label keys; within and spread apart."""
+    seen: set[str] = set()
+    for match in spec.select:
+        if not isinstance(match, LabelMatch):
+            raise SpecError(f"{key('select')}: must map label names to values, got {show(match)}")
+        if match.key in seen:
+            raise SpecError(f"{key('select')}: selects the label {show(match.key)} twice", hint="give each label once")
+        seen.add(match.key)
+    for name in ("within", "rank_within", "spread"):
+        label = getattr(spec, name)
+        if label is not None:
+            try:
+                check_key(label)
+            except LabelError as exc:
+                raise SpecError(f"{key(name)}: {exc}") from None
+    if spec.within is not None and spec.within == spec.spread:
+        raise SpecError(
+            f"{key('within')} and {key('spread')}: both name the label {show(spec.within)}",
+            hint="a deployment inside one value cannot spread across its values; drop one",
+        )
 
-    A changed cluster changes it, and so does planning the same cluster for the other layout.
+
+def cluster_fingerprint(
+    nodes: Iterable[Node], device: str, layout: Layout = "per_node", labels: Sequence[str] = ()
+) -> str:
+    """A digest of what planning reads (ids, ips, head, free devices and CPUs, labels used) and the layout.
+
+    A changed cluster changes it, and so does planning the same cluster for the other layout. A spec that
+    reads no label digests no label, so relabelling a node does not invalidate such plans.
     """
     rows = sorted(
         f"{n.id}\t{n.ip}\t{n.head:d}\t{units(n.available.get(device, 0.0))}\t{units(n.available.get('CPU', 0.0))}"
+        + "".join(f"\t{k}={n.labels[k]}" if k in n.labels else "\t" for k in labels)
         for n in nodes
     )
-    return hashlib.sha256("\n".join([f"v2\t{device}\t{layout}", *rows]).encode()).hexdigest()[:16]
+    head = f"v2\t{device}\t{layout}" + (f"\tlabels\t{chr(9).join(labels)}" if labels else "")
+    return hashlib.sha256("\n".join([head, *rows]).encode()).hexdigest()[:16]
 
 
 def node_order_key(node: Node) -> tuple[int, bytes, str, str]:
@@ -212,13 +302,21 @@ def node_order_key(node: Node) -> tuple[int, bytes, str, str]:
 
 
 def filter_nodes(
-    ordered: Sequence[Node], spec: Placement, spelled: Mapping[str, str] | None = None
+    ordered: Sequence[Node],
+    spec: Placement,
+    spelled: Mapping[str, str] | None = None,
+    within_value: str | None = None,
 ) -> tuple[list[Node], list[Skip], list[str]]:
-    """Step 1: keep nodes in the allow-list that have the device at all; say why the others are out."""
+    """Step 1: keep allowed nodes that have the device and match the selectors; say why the others are out.
+
+    Given `within_value` (a running deployment's), a node must also hold that value of the `within` label.
+    """
     allowed = set(spec.nodes)
     seen: set[str] = set()
     candidates: list[Node] = []
     skipped: list[Skip] = []
+    select = spec.select
+    within = spec.within if within_value is not None else None
     for node in ordered:
         if allowed:
             hit = {node.id, node.ip} & allowed
@@ -229,12 +327,34 @@ def filter_nodes(
         if node.total_devices(spec.device) == 0 and node.free_devices(spec.device) == 0:
             skipped.append(_skip(node, SkipReason.NO_DEVICE, spec))
             continue
+        if select:
+            miss = next((m for m in select if not m.matches(node.labels)), None)
+            if miss is not None:
+                skipped.append(_label_skip(node, spec, miss.key))
+                continue
+        if within is not None and value_of(node.labels, within) != within_value:
+            skipped.append(_label_skip(node, spec, within))
+            continue
         candidates.append(node)
     key = (spelled or {}).get("nodes", "placement.nodes")
     if allowed and not seen:
         raise SpecError(f"{key}: matches no node id or ip", hint="`dpctl inventory` lists node ids and ips")
     warnings = [f"{key}: {quoted(entry)} matches no node id or ip" for entry in spec.nodes if entry not in seen]
     return candidates, skipped, warnings
+
+
+def missing_label_warnings(candidates: Iterable[Node], spec: Placement, spelled: Mapping[str, str]) -> list[str]:
+    """A warning per grouping label (within, rank_within, spread) that some candidate nodes lack."""
+    out = []
+    for name in ("within", "rank_within", "spread"):
+        label = getattr(spec, name)
+        if label is None:
+            continue
+        lacking = sum(1 for n in candidates if label not in n.labels)
+        if lacking:
+            key = spelled.get(name, f"placement.{name}")
+            out.append(f"{key}: {lacking} node(s) have no label {quoted(label)}; they count as its empty value")
+    return out
 
 
 def _choose_master(run: Planning, candidates: list[Node]) -> Node | Infeasible:
@@ -283,11 +403,50 @@ def _place_packed(run: Planning, order: list[Node]) -> tuple[list[RankPlacement]
     if dp_local == 0 or master_fits < dp_local:
         offer = run.ledger.offer(master)
         return run.infeasible(InfeasibleCode.MASTER_CANNOT_FIT, offer, ranks=max(dp_local, 1), master=master)
-    ranks = packed_ranks(order, master, run.ledger, run.skipped, spec, dp_local, hosted={}, first_rank=0, count=spec.dp)
+    ranks = None
+    if spec.dp_local is None and spec.spread is not None:
+        ranks, dp_local = _even_share(run, order, dp_local)
+    if ranks is None:
+        ranks = packed_ranks(
+            order, master, run.ledger, run.skipped, spec, dp_local, hosted={}, first_rank=0, count=spec.dp
+        )
     if len(ranks) < spec.dp:
         best = run.ledger.best_offer(order)
         return run.infeasible(InfeasibleCode.INSUFFICIENT, best, rank=len(ranks), master=master, dp_local=dp_local)
     return ranks, dp_local
+
+
+def _even_share(run: Planning, order: list[Node], most: int) -> tuple[list[RankPlacement] | None, int]:
+    """Auto dp_local under spread: the master's even share of dp (dp over the values that can host a rank).
+
+    Under strict a smaller dp_local can shut nodes out, so the even share is kept only when its plan is
+    whole and no less even than the plan with the master taking `most`; else (None, most) plans that.
+    """
+    spec = run.request.spec
+    label = spec.spread
+    assert label is not None  # noqa: S101 - the caller checked
+    hosting = {value_of(n.labels, label) for n in order if run.ledger.ranks_fit(n) >= 1}
+    even = min(most, -(-spec.dp // max(len(hosting), 1)))
+    if even == most:
+        return None, most
+    trial, skipped = run.ledger.copy(), list(run.skipped)
+    ranks = packed_ranks(order, order[0], trial, skipped, spec, even, hosted={}, first_rank=0, count=spec.dp)
+    if len(ranks) < spec.dp:
+        return None, most
+    other_ledger, other_skipped = run.ledger.copy(), list(run.skipped)
+    other = packed_ranks(
+        order, order[0], other_ledger, other_skipped, spec, most, hosted={}, first_rank=0, count=spec.dp
+    )
+    labels = {n.id: value_of(n.labels, label) for n in order}
+
+    def crowded(placed: list[RankPlacement]) -> int:
+        return max(Counter(labels[r.control] for r in placed).values())
+
+    if len(other) == spec.dp and crowded(other) < crowded(ranks):
+        run.ledger, run.skipped = other_ledger, other_skipped
+        return other, most
+    run.ledger, run.skipped = trial, skipped
+    return ranks, even
 
 
 def packed_ranks(
@@ -301,13 +460,19 @@ def packed_ranks(
     hosted: Mapping[str, int],
     first_rank: int,
     count: int,
+    spread_counts: Mapping[str, int] | None = None,
 ) -> list[RankPlacement]:
     """Up to `count` strict/fill ranks numbered from `first_rank`, node by node in `order`.
 
     `hosted` counts the ranks each node already holds (a running deployment's, for a scale-up): the master
     and, under strict, every node is filled up to dp_local; under fill other nodes take what fits. Local
-    ranks continue from what a node already holds.
+    ranks continue from what a node already holds. With `spread`, `spread_counts` are the ranks each value
+    already holds.
     """
+    if spec.spread is not None:
+        return _spread_packed(
+            order, master, ledger, skipped, spec, dp_local, hosted, first_rank, count, spread_counts or {}
+        )
     strategy = STRATEGY[spec.pack]
     strict = spec.pack == "strict"
     devices = (spec.world_size,)
@@ -335,6 +500,90 @@ def packed_ranks(
         first = first_rank + len(ranks)
         ranks += [RankPlacement(first + i, have + i, strategy, nodes, devices, node_id) for i in range(take)]
         ledger.take(node, take)
+    return ranks
+
+
+def _spread_packed(
+    order: Iterable[Node],
+    master: Node | None,
+    ledger: Ledger,
+    skipped: list[Skip],
+    spec: Placement,
+    dp_local: int,
+    hosted: Mapping[str, int],
+    first_rank: int,
+    count: int,
+    spread_counts: Mapping[str, int],
+) -> list[RankPlacement]:
+    """packed_ranks under `spread`: the next ranks always go to the value holding the fewest so far.
+
+    Each value's nodes are taken in order. Under strict a node takes its dp_local ranks at once (a node
+    hosts dp_local or none); under fill one rank at a time, the node staying first until it is full. Ranks
+    are then numbered node by node in the order the nodes were first used, so a node's ranks stay
+    consecutive (vLLM's per-node processes count on it). Ties go to the master's value, then by value.
+    """
+    label = spec.spread
+    assert label is not None  # noqa: S101 - the caller checked
+    queues: dict[str, deque[Node]] = {}
+    for node in order:
+        queues.setdefault(value_of(node.labels, label), deque()).append(node)
+    first_value = value_of(master.labels, label) if master is not None else None
+    placed = Counter(spread_counts)
+    heap = [(placed[v], v != first_value, v) for v in queues]
+    heapq.heapify(heap)
+    given: dict[str, int] = {}  # node id -> ranks given now, in the order nodes were first used
+    strict = spec.pack == "strict"
+    short: list[tuple[str, Node, int]] = []  # strict nodes short of dp_local: each may still end the plan
+    remaining = count
+    while remaining and heap:
+        if strict and remaining < dp_local and given:
+            break  # the last node used hosts fewer: chosen below from every value's nodes
+        _, not_first, value = heapq.heappop(heap)
+        queue = queues[value]
+        node = queue[0]
+        fits = ledger.ranks_fit(node)
+        if strict or node is master:
+            take = min(dp_local - hosted.get(node.id, 0), remaining)
+            queue.popleft()
+            if take <= 0:
+                take = 0
+            elif fits < take:
+                short.append((value, node, take))
+                take = 0
+        elif fits == 0:
+            queue.popleft()
+            if node.id not in given:
+                skipped.append(ledger.skip_short(node, 1))
+            take = 0
+        else:
+            take = 1
+        if take:
+            ledger.take(node, take)
+            given[node.id] = given.get(node.id, 0) + take
+            placed[value] += take
+            remaining -= take
+        if queue:
+            heapq.heappush(heap, (placed[value], not_first, value))
+    if remaining and strict:
+        # The last node used may host fewer than dp_local: the first node with room in the value holding the
+        # fewest ranks (ties as above) takes what is left, whether it came up short before or not.
+        left = [(v, n) for _, _, v in sorted(heap) for n in queues[v]]
+        rest = sorted([*left, *((v, n) for v, n, _ in short)], key=lambda p: (placed[p[0]], p[0] != first_value, p[0]))
+        last = next((p for p in rest if ledger.ranks_fit(p[1]) >= remaining and p[1].id not in given), None)
+        if last is not None:
+            value, node = last
+            ledger.take(node, remaining)
+            given[node.id] = remaining
+            placed[value] += remaining
+            remaining = 0
+    skipped += [ledger.skip_short(node, need) for _, node, need in short if node.id not in given]
+    strategy = STRATEGY[spec.pack]
+    devices = (spec.world_size,)
+    ranks: list[RankPlacement] = []
+    for node_id, taken in given.items():
+        have = hosted.get(node_id, 0)
+        first = first_rank + len(ranks)
+        ranks += [RankPlacement(first + i, have + i, strategy, (node_id,), devices, node_id) for i in range(taken)]
     return ranks
 
 
@@ -367,39 +616,94 @@ def span_ranks(
     *,
     first_rank: int,
     count: int,
+    spread_counts: Mapping[str, int] | None = None,
 ) -> list[RankPlacement]:
-    """Up to `count` span ranks from runs of nodes with exactly `per_node` free devices, numbered from first_rank.
+    """Up to `count` span ranks from nodes with exactly `per_node` free devices, numbered from first_rank.
 
-    The control bundle goes on the first node of a run with CPUs for it; a run with none drops its first node.
+    The first node in `order` (the master) starts rank `first_rank`. With `rank_within`, a rank's nodes share
+    the label's value. With `spread`, each rank's nodes share the spread label's value too, and the next rank
+    goes to the value holding the fewest (`spread_counts` counts those already held), ties to the first
+    node's value, then by value.
+    """
+    nodes = list(order)
+    if spec.spread is None:
+        found = itertools.islice(_span_stream(nodes, per_node, spec, ledger, skipped), count)
+        groups = list(found)
+    else:
+        label = spec.spread
+        by_value: dict[str, list[Node]] = {}
+        for node in nodes:
+            by_value.setdefault(value_of(node.labels, label), []).append(node)
+        first_value = value_of(nodes[0].labels, label) if nodes else None
+        streams = {v: _span_stream(ns, per_node, spec, ledger, skipped) for v, ns in by_value.items()}
+        placed = Counter(spread_counts or {})
+        heap = [(placed[v], v != first_value, v) for v in streams]
+        heapq.heapify(heap)
+        groups = []
+        while len(groups) < count and heap:
+            _, not_first, value = heapq.heappop(heap)
+            group = next(streams[value], None)
+            if group is None:
+                continue
+            groups.append(group)
+            placed[value] += 1
+            heapq.heappush(heap, (placed[value], not_first, value))
+    strategy = STRATEGY["span"]
+    return [
+        RankPlacement(first_rank + i, 0, strategy, tuple(n.id for n in group), (per_node,) * len(group), control.id)
+        for i, (group, control) in enumerate(groups)
+    ]
+
+
+def _span_stream(
+    nodes: list[Node], per_node: int, spec: Placement, ledger: Ledger, skipped: list[Skip]
+) -> Iterator[tuple[list[Node], Node]]:
+    """Span ranks one by one (their nodes and control node), booked in the ledger as they are yielded.
+
+    A rank takes nodes with exactly `per_node` free devices in order; under `rank_within` only nodes of one
+    value of the label, the first node's value first. The control bundle goes on the first node of a group
+    with CPUs for it; a group with none drops its first node.
     """
     group_size = spec.world_size // per_node
-    strategy = STRATEGY["span"]
-    ranks: list[RankPlacement] = []
-    group: list[Node] = []
-    for node in order:
-        if len(ranks) == count:
-            break
+    label = spec.rank_within
+    if label is not None and nodes:
+        first = value_of(nodes[0].labels, label)
+        nodes = [n for n in nodes if value_of(n.labels, label) == first] + [
+            n for n in nodes if value_of(n.labels, label) != first
+        ]
+    pending: dict[str, list[Node]] = {}  # rank_within value -> nodes gathered for its next rank
+    for node in nodes:
         free = node.free_devices(spec.device)
         if free != per_node:
             reason = SkipReason.TOO_FEW_DEVICES if free < per_node else SkipReason.HETEROGENEOUS
             skipped.append(ledger.skip(node, reason, per_node, 0.0))
             continue
+        group = pending.setdefault(value_of(node.labels, label) if label is not None else "", [])
         group.append(node)
         if len(group) < group_size:
             continue
         control = next((n for n in group if ledger.has_cpus(n)), None)
         if control is None:
             skipped.append(ledger.skip(group[0], SkipReason.TOO_FEW_CPUS, per_node, spec.cpus))
-            group = group[1:]
+            del group[0]
             continue
-        nodes = tuple(n.id for n in group)
-        rank = first_rank + len(ranks)
-        ranks.append(RankPlacement(rank, 0, strategy, nodes, (per_node,) * group_size, control.id))
         for n in group:
             ledger.take_devices(n, per_node)
         ledger.take_cpus(control, spec.cpus)
-        group = []
-    return ranks
+        yield list(group), control
+        group.clear()
+
+
+def spread_counts(ranks: Iterable[RankPlacement], nodes: Iterable[Node], label: str | None) -> Counter[str]:
+    """Ranks per value of the spread label (a rank counts where its engine is), for planning more of them."""
+    if label is None:
+        return Counter()
+    labels = {n.id: value_of(n.labels, label) for n in nodes}
+    return Counter(labels.get(r.control, "") for r in ranks)
+
+
+def _label_skip(node: Node, spec: Placement, label: str) -> Skip:
+    return dataclasses.replace(_skip(node, SkipReason.LABEL, spec), label=label, value=node.labels.get(label))
 
 
 def _skip(node: Node, reason: SkipReason, spec: Placement) -> Skip:
@@ -451,6 +755,12 @@ class Ledger:  # shared with the scale planner
         return cls(
             device, spec.world_size, spec.cpus, spec.pack == "span", dev, cpu, units(spec.world_size), units(spec.cpus)
         )
+
+    def copy(self) -> Ledger:
+        """An independent ledger with the same bookings (one dict still serves both when the device is CPU)."""
+        dev = dict(self.dev)
+        cpu = dev if self.cpu is self.dev else dict(self.cpu)
+        return dataclasses.replace(self, dev=dev, cpu=cpu)
 
     @property
     def need_devices(self) -> int:

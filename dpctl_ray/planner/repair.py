@@ -12,11 +12,21 @@ lowest one free on its new node. The same inputs always give the same result.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dpctl_ray.planner.labels import value_of
 from dpctl_ray.planner.model import Infeasible, InfeasibleCode, Node, Plan, PlanRequest, RankPlacement
-from dpctl_ray.planner.place import Ledger, Planning, cluster_fingerprint, filter_nodes, node_order_key, span_ranks
+from dpctl_ray.planner.place import (
+    Ledger,
+    Planning,
+    cluster_fingerprint,
+    filter_nodes,
+    node_order_key,
+    span_ranks,
+    spread_counts,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +68,8 @@ def repair(current: Plan, nodes: tuple[Node, ...], lost: Mapping[int, str]) -> R
         raise ValueError(msg)
     lost_ranks = [by_rank[r] for r in sorted(lost)]
     ordered = sorted(_credited(nodes, lost_ranks, spec.device, spec.cpus), key=node_order_key)
-    fingerprint = cluster_fingerprint(nodes, spec.device, spec.bundles)
-    candidates, skipped, warnings = filter_nodes(ordered, spec)
+    fingerprint = cluster_fingerprint(nodes, spec.device, spec.bundles, spec.labels)
+    candidates, skipped, warnings = filter_nodes(ordered, spec, within_value=spec.within_value)
     run = Planning(PlanRequest(current.name, spec, nodes), Ledger.of(candidates, spec), skipped, fingerprint)
     master = next((n for n in candidates if n.id == spec.master), None)
     order = [*([master] if master else []), *(n for n in candidates if n is not master)]
@@ -68,14 +78,18 @@ def repair(current: Plan, nodes: tuple[Node, ...], lost: Mapping[int, str]) -> R
     local: dict[str, set[int]] = {}  # node id -> local ranks taken there by healthy (and already repaired) ranks
     for r in healthy:
         local.setdefault(r.control, set()).add(r.local_rank)
+    counts = spread_counts(healthy, nodes, spec.spread)
+    labels = {n.id: n.labels for n in nodes}
     moves: list[Move] = []
     for old in lost_ranks:
-        new = _place(old, order, run, busy, local)
+        new = _place(old, order, run, busy, local, counts)
         if new is None:
             best = run.ledger.best_offer(order)
             return run.infeasible(InfeasibleCode.INSUFFICIENT, best, rank=old.rank, master=master or None)
         busy.update(new.nodes)
         local.setdefault(new.control, set()).add(new.local_rank)
+        if spec.spread is not None:
+            counts[value_of(labels.get(new.control, {}), spec.spread)] += 1
         moves.append(Move(old.rank, lost[old.rank], old, new))
     placed = {m.rank: m.after for m in moves}
     after = dataclasses.replace(
@@ -113,9 +127,17 @@ def _credited(nodes: tuple[Node, ...], lost: list[RankPlacement], device: str, c
 
 
 def _place(
-    old: RankPlacement, order: list[Node], run: Planning, busy: set[str], local: dict[str, set[int]]
+    old: RankPlacement,
+    order: list[Node],
+    run: Planning,
+    busy: set[str],
+    local: dict[str, set[int]],
+    counts: Counter[str],
 ) -> RankPlacement | None:
-    """One lost rank: back where it was if that still fits, else the first place with room."""
+    """One lost rank: back where it was if that still fits, else the first place with room.
+
+    Under `spread` the first place with room is looked for in the values holding the fewest ranks first.
+    """
     spec = run.request.spec
     ledger = run.ledger
     by_id = {n.id: n for n in order}
@@ -124,7 +146,9 @@ def _place(
         if home is not None and ledger.ranks_fit(home) >= 1 and old.local_rank not in local.get(home.id, set()):
             ledger.take(home, 1)
             return old
-        for node in order:
+        label = spec.spread
+        ranked = order if label is None else sorted(order, key=lambda n: counts[value_of(n.labels, label)])
+        for node in ranked:
             if ledger.ranks_fit(node) >= 1:
                 ledger.take(node, 1)
                 taken = local.get(node.id, set())
@@ -141,7 +165,7 @@ def _place(
             ledger.take_cpus(control, spec.cpus)
             return old
     fresh = [n for n in order if n.id not in busy]
-    placed = span_ranks(fresh, per_node, spec, ledger, run.skipped, first_rank=old.rank, count=1)
+    placed = span_ranks(fresh, per_node, spec, ledger, run.skipped, first_rank=old.rank, count=1, spread_counts=counts)
     if not placed:
         return None
     (rank,) = placed

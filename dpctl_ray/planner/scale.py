@@ -24,6 +24,7 @@ from dpctl_ray.planner.place import (
     node_order_key,
     packed_ranks,
     span_ranks,
+    spread_counts,
 )
 
 
@@ -50,7 +51,7 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
     spec = current.spec
     before = len(current.ranks)
     ordered = sorted(nodes, key=node_order_key)
-    fingerprint = cluster_fingerprint(nodes, spec.device, spec.bundles)
+    fingerprint = cluster_fingerprint(nodes, spec.device, spec.bundles, spec.labels)
     if dp <= before:
         kept = current.ranks[:dp]
         after = dataclasses.replace(
@@ -62,15 +63,18 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
         )
         return ScalePlan(current.name, before, after, (), tuple(r.rank for r in current.ranks[dp:]))
     grown = dataclasses.replace(spec, dp=dp)
-    candidates, skipped, warnings = filter_nodes(ordered, grown)
+    candidates, skipped, warnings = filter_nodes(ordered, grown, within_value=spec.within_value)
+    counts = spread_counts(current.ranks, nodes, spec.spread)
     run = Planning(PlanRequest(current.name, grown, nodes), Ledger.of(candidates, grown), skipped, fingerprint)
     master = next((n for n in candidates if n.id == spec.master), None)
     order = [*([master] if master else []), *(n for n in candidates if n is not master)]
     if spec.pack == "span":
         used = {n for r in current.ranks for n in r.nodes}
         per_node = current.ranks[0].devices[0] if current.ranks else spec.world_size
-        fresh = (n for n in order if n.id not in used)
-        added = span_ranks(fresh, per_node, grown, run.ledger, skipped, first_rank=before, count=dp - before)
+        fresh = [n for n in order if n.id not in used]
+        added = span_ranks(
+            fresh, per_node, grown, run.ledger, skipped, first_rank=before, count=dp - before, spread_counts=counts
+        )
     else:
         hosted = Counter(r.control for r in current.ranks)
         added = packed_ranks(
@@ -83,6 +87,7 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
             hosted=hosted,
             first_rank=before,
             count=dp - before,
+            spread_counts=counts,
         )
     if len(added) < dp - before:
         if not order:

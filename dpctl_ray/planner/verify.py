@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from dpctl_ray.errors import BadInput
+from dpctl_ray.planner.labels import value_of
 from dpctl_ray.planner.model import STRATEGY, Node, Plan, units
 
 
@@ -57,6 +58,7 @@ def check_plan(plan: Plan) -> None:
     for node, ranks in local.items():
         if sorted(ranks) != list(range(len(ranks))):
             raise PlanFileError(f"ranks: the local ranks on node {node!r} must be 0..{len(ranks) - 1}, one each")
+    _check_labels(plan)
     hosted = Counter(r.nodes[0] for r in plan.ranks)
     if spec.pack == "span":
         if spec.dp_local != 1:
@@ -70,6 +72,26 @@ def check_plan(plan: Plan) -> None:
         crowded = next((n for n, c in hosted.items() if c > spec.dp_local), None)
         if crowded is not None:
             raise PlanFileError(f"ranks: node {crowded!r} hosts {hosted[crowded]} ranks; pack strict allows dp_local")
+
+
+def _check_labels(plan: Plan) -> None:
+    """Every node a rank uses matches the selectors and the `within` value; a rank keeps to one `rank_within` value."""
+    spec = plan.spec
+    if not spec.labels:
+        return
+    labels = {n.id: n.labels for n in plan.nodes}
+    for r in plan.ranks:
+        path = f"ranks[{r.rank}]"
+        for node in r.nodes:
+            miss = next((m for m in spec.select if not m.matches(labels[node])), None)
+            if miss is not None:
+                raise PlanFileError(f"{path}: node {node!r} does not match spec.select {miss}")
+            if spec.within is not None and value_of(labels[node], spec.within) != spec.within_value:
+                raise PlanFileError(
+                    f"{path}: node {node!r} is outside {spec.within}={spec.within_value} (spec.within_value)"
+                )
+        if spec.rank_within is not None and len({value_of(labels[n], spec.rank_within) for n in r.nodes}) > 1:
+            raise PlanFileError(f"{path}: its nodes have different values of {spec.rank_within} (spec.rank_within)")
 
 
 def check_fits(plan: Plan, nodes: Iterable[Node]) -> None:
