@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -108,6 +109,47 @@ class LocalCluster:
     nodes: int = 2
     gpus_per_node: int = 4
     cpus_per_node: int = 2
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # node name -> its custom labels
+
+
+def local_labels(value: object, path: str) -> dict[str, dict[str, str]]:
+    """Node labels for the local cluster: {worker-1: {zone: a}} from the file, or `worker-1:zone=a,...` as text.
+
+    Keys and values follow Ray's label rules; Ray keeps the `ray.io/` prefix for its own labels.
+    """
+    hint = "e.g. worker-1:zone=a,worker-2:zone=b (node names as `dpctl cluster status` lists them)"
+    pairs: list[tuple[str, str, object]] = []
+    if isinstance(value, str):
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            node, colon, pair = item.partition(":")
+            key, eq, text = pair.partition("=")
+            if not colon or not eq:
+                raise ConfigError(f"{path}: {values.show(item)} is not NODE:KEY=VALUE", hint=hint)
+            pairs.append((node.strip(), key.strip(), text.strip()))
+    elif isinstance(value, Mapping):
+        for node, labels in value.items():
+            if not isinstance(labels, Mapping):
+                raise ConfigError(
+                    f"{path}.{node}: must map label names to values, got {values.show(labels)}", hint=hint
+                )
+            pairs += [(str(node), str(k), v) for k, v in labels.items()]
+    else:
+        raise ConfigError(f"{path}: must map node names to their labels, got {values.show(value)}", hint=hint)
+    out: dict[str, dict[str, str]] = {}
+    for node, key, label_value in pairs:
+        if node != "head" and not re.fullmatch(r"worker-[1-9][0-9]{0,2}", node):
+            raise ConfigError(f"{path}: {values.show(node)} is not a node of the local cluster", hint=hint)
+        try:
+            match = LabelMatch.parse(key, label_value)
+        except LabelError as exc:
+            raise ConfigError(f"{path}.{node}: {exc}", hint=hint) from None
+        if key.startswith("ray.io/") or match.negate or len(match.values) != 1:
+            raise ConfigError(
+                f"{path}.{node}: {values.show(key)}={values.show(label_value)} is not a plain label",
+                hint="Ray keeps ray.io/ labels for itself; give a name and one value",
+            )
+        out.setdefault(node, {})[key] = match.values[0]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +211,7 @@ class Config:
 _KEYS: Mapping[str, tuple[str, ...]] = {
     "": ("name", "cluster", "placement", "engine", "timeouts"),
     "cluster": ("address", "local", "runtime_env"),
-    "cluster.local": ("nodes", "gpus_per_node", "cpus_per_node"),
+    "cluster.local": ("nodes", "gpus_per_node", "cpus_per_node", "labels"),
     "cluster.runtime_env": ("env_vars", "pip", "working_dir", "py_modules"),
     "placement": tuple(k.name for k in PLACEMENT_KEYS),
     "timeouts": ("placement", "ready"),
@@ -219,6 +261,7 @@ def config_from_document(doc: object, source: str | None = None) -> Config:
                     "cluster.local.cpus_per_node",
                     maximum=MAX_LOCAL_DEVICES,
                 ),
+                labels=local_labels(local.get("labels", {}), "cluster.local.labels"),
             ),
             runtime_env=runtime_env(cluster.get("runtime_env", {}), source),
         ),

@@ -16,6 +16,7 @@ from dpctl_ray.planner.document import plan_from_document
 from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, gpu_nodes
 
 INV = str(EXAMPLE_INVENTORY)
+RACKS = str(ROOT / "configs" / "inventories" / "four-by-eight.yaml")  # gpu-a, gpu-b in rack r1; gpu-c, gpu-d in r2
 
 
 def assert_one_error_line(stderr: str, fragment: str) -> None:
@@ -147,14 +148,69 @@ def test_unknown_master_is_bad_input_naming_the_flag(cli: Invoke) -> None:
         ("--dp-local", "many", '--dp-local: must be auto or a positive integer, got "many"'),
         ("--pack", "tight", '--pack: must be one of strict, fill, span, got "tight"'),
         ("--cpus", "lots", '--cpus: must be a number above 0, got "lots"'),
+        ("--select", "rack", '--select: must be KEY=VALUE, KEY!=VALUE or KEY=in(a,b), got "rack"'),
+        ("--select", "rack=in(r1,", "--select: a label value must be letters, digits and -_. inside"),
+        ("--select", "bad key=r1", "--select: must be a label name (letters, digits, -_. inside, at most 63)"),
+        ("--within", "-rack", "--within: must be a label name"),
+        ("--spread", "a/b/", "--spread: must be a label name"),
     ],
-    ids=["tp-zero", "tp-word", "dp-local-word", "pack", "cpus-word"],
+    ids=[
+        "tp-zero",
+        "tp-word",
+        "dp-local-word",
+        "pack",
+        "cpus-word",
+        "select-no-value",
+        "select-bad-in",
+        "select-bad-key",
+        "within-bad-key",
+        "spread-bad-key",
+    ],
 )
 def test_flag_values_are_checked_with_the_flag_name(cli: Invoke, flag: str, value: str, message: str) -> None:
     """A wrong flag value exits 2 with one line naming the flag as typed."""
     result = cli("plan", "--inventory", INV, flag, value)
     assert result.exit_code == 2, result.output
     assert_one_error_line(result.stderr, message)
+
+
+def test_within_and_spread_on_one_label_exit_2_naming_both(cli: Invoke) -> None:
+    """A deployment cannot sit inside one value of a label and spread across its values: exit 2, both flags named."""
+    result = cli("plan", "--inventory", INV, "--within", "rack", "--spread", "rack")
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result.stderr, "--within and --spread: both name the label")
+
+
+def test_a_selector_given_twice_is_exit_2(cli: Invoke) -> None:
+    """Ray's selector is a mapping: one expression per label."""
+    result = cli("plan", "--inventory", INV, "--select", "rack=r1", "--select", "rack!=r2")
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result.stderr, '--select: selects the label "rack" twice')
+
+
+def test_label_skips_show_in_the_table_and_the_json(cli: Invoke) -> None:
+    """A node skipped for its label is a reason naming the label and value, in the table and in the document."""
+    result = cli("plan", "--inventory", RACKS, "--dp", "2", "--tp", "8", "--select", "rack=r2", "--pack", "fill")
+    assert result.exit_code == 0, result.output
+    assert "label rack=r1 is not selected" in result.stdout
+    doc = json.loads(
+        cli("plan", "--inventory", RACKS, "--dp", "2", "--tp", "8", "--select", "rack=r2", "-o", "json").stdout
+    )
+    skipped = {s["node"]: (s["reason"], s.get("label"), s.get("value")) for s in doc["skipped"]}
+    assert skipped["gpu-a"] == ("label", "rack", "r1")
+    assert doc["spec"]["select"] == {"rack": "r2"}
+    assert {n["id"]: n.get("labels") for n in doc["nodes"]}["gpu-c"] == {"rack": "r2"}
+
+
+def test_within_infeasible_names_each_values_capacity(cli: Invoke) -> None:
+    """within with no rack big enough exits 3 naming each rack's free devices, in words and in the document."""
+    result = cli("plan", "--inventory", RACKS, "--dp", "3", "--tp", "8", "--within", "rack")
+    assert result.exit_code == 3, result.output
+    assert_one_error_line(result.stderr, "no value of rack holds the deployment (r1 16 GPU, r2 16 GPU free)")
+    doc = json.loads(
+        cli("plan", "--inventory", RACKS, "--dp", "3", "--tp", "8", "--within", "rack", "-o", "json").stdout
+    )
+    assert doc["error"]["within"] == [{"value": "r1", "free": {"GPU": 16}}, {"value": "r2", "free": {"GPU": 16}}]
 
 
 def test_an_unknown_option_is_one_usage_error_line(cli: Invoke) -> None:

@@ -11,7 +11,7 @@ import typer
 from dpctl_ray import values
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import Column, table
-from dpctl_ray.config import MAX_LOCAL_DEVICES, MAX_LOCAL_NODES, load_config
+from dpctl_ray.config import MAX_LOCAL_DEVICES, MAX_LOCAL_NODES, load_config, local_labels
 from dpctl_ray.errors import BadInput
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ NODE_COLUMNS = (
     Column("state"),
     Column("GPU", "right"),
     Column("CPU", "right"),
+    Column("labels"),
 )
 
 
@@ -45,11 +46,19 @@ def cluster_up(
     cpus_per_node: Annotated[
         Optional[str], typer.Option("--cpus-per-node", help="CPUs per worker.", metavar="N")
     ] = None,
+    labels: Annotated[
+        Optional[str],
+        typer.Option(
+            "--labels",
+            help="Node labels: worker-1:zone=a,worker-2:zone=b (cluster.local.labels).",
+            metavar="NODE:KEY=VALUE,...",
+        ),
+    ] = None,
     file: options.ConfigFile = None,
 ) -> None:
     """Start a head and N worker nodes, one at a time, each on its own loopback address."""
     shape = load_config(file).cluster.local
-    given = {
+    given: dict[str, Any] = {
         field: values.integer(value, flag, minimum=minimum, maximum=maximum)
         for field, flag, value, minimum, maximum in (
             ("nodes", "--nodes", nodes, 0, MAX_LOCAL_NODES),
@@ -58,6 +67,8 @@ def cluster_up(
         )
         if value is not None
     }
+    if labels is not None:
+        given["labels"] = local_labels(labels, "--labels")
     shape = dataclasses.replace(shape, **given)
     from dpctl_ray.launcher import local  # noqa: PLC0415 - subprocess & co. only for cluster commands
 
@@ -141,6 +152,7 @@ def _show(state: LocalState) -> None:
             "up" if local.process_alive(n.pid) else "gone",
             f"{n.gpus}{' (simulated)' if state.simulated_gpus and n.gpus else ''}",
             str(n.cpus),
+            ", ".join(f"{k}={v}" for k, v in n.labels.items()),
         )
         for n in state.nodes
     ]

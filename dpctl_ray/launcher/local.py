@@ -14,10 +14,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from dpctl_ray.config import LocalCluster
 from dpctl_ray.errors import BadInput, LaunchFailed
@@ -50,6 +51,7 @@ class LocalNode:
     gpus: int
     cpus: int
     log: str
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -60,7 +62,7 @@ class LocalState:
     temp_dir: str
     token_file: str
     simulated_gpus: bool
-    shape: dict[str, int]
+    shape: dict[str, Any]
     nodes: list[LocalNode] = field(default_factory=list)
     started: float = 0.0
     client_port: int = 0  # the head's Ray Client server (ray://), when grpcio is installed
@@ -180,7 +182,12 @@ def start(shape: LocalCluster, say: Callable[[str], None]) -> LocalState:
         temp_dir=temp_dir,
         token_file=str(token_file),
         simulated_gpus=simulated,
-        shape={"nodes": shape.nodes, "gpus_per_node": shape.gpus_per_node, "cpus_per_node": shape.cpus_per_node},
+        shape={
+            "nodes": shape.nodes,
+            "gpus_per_node": shape.gpus_per_node,
+            "cpus_per_node": shape.cpus_per_node,
+            "labels": {node: dict(labels) for node, labels in shape.labels.items()},
+        },
         started=time.time(),
     )
     if not token_auth_supported():
@@ -201,7 +208,7 @@ def start(shape: LocalCluster, say: Callable[[str], None]) -> LocalState:
         if importlib.util.find_spec("grpc") is not None:  # the head then serves Ray Client: not on a fixed port
             state.client_port = _free_port()
             head_args += ["--ray-client-server-port", str(state.client_port)]
-        head = _start_node(state, "head", None, 0, 1, head_args)
+        head = _start_node(state, "head", None, 0, 1, head_args, shape.labels.get("head", {}))
         state.address = f"{_head_ip(head)}:{port}"
         state.save()
         say(f"started head at {state.address}")
@@ -221,11 +228,13 @@ def start(shape: LocalCluster, say: Callable[[str], None]) -> LocalState:
                 shape.cpus_per_node,
                 # One machine, one session directory: the head's log monitor already reads every node's logs.
                 ["--address", state.address, "--node-ip-address", ip, "--include-log-monitor", "false"],
+                shape.labels.get(f"worker-{i + 1}", {}),
             )
             state.save()
+            labelled = ", ".join(f"{k}={v}" for k, v in shape.labels.get(f"worker-{i + 1}", {}).items())
             say(
                 f"started worker-{i + 1} at {ip} ({gpus} {'simulated ' if simulated else ''}GPU, "
-                f"{shape.cpus_per_node} CPU)"
+                f"{shape.cpus_per_node} CPU{', ' + labelled if labelled else ''})"
             )
     except BaseException:
         stop(state, say=lambda _: None)
@@ -315,7 +324,15 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _start_node(state: LocalState, name: str, visible: str | None, gpus: int, cpus: int, args: list[str]) -> LocalNode:
+def _start_node(
+    state: LocalState,
+    name: str,
+    visible: str | None,
+    gpus: int,
+    cpus: int,
+    args: list[str],
+    labels: Mapping[str, str] | None = None,
+) -> LocalNode:
     log = home() / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **state.env(), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -342,6 +359,7 @@ def _start_node(state: LocalState, name: str, visible: str | None, gpus: int, cp
         str(gpus),
         "--object-store-memory",
         str(OBJECT_STORE_BYTES),
+        *(["--labels", ",".join(f"{k}={v}" for k, v in labels.items())] if labels else []),
         *args,
     ]
     with log.open("w") as out:
@@ -353,7 +371,16 @@ def _start_node(state: LocalState, name: str, visible: str | None, gpus: int, cp
             env=env,
             start_new_session=True,  # own process group: Ctrl-C in this terminal does not stop the cluster
         )
-    node = LocalNode(name=name, ip="", pid=proc.pid, head=name == "head", gpus=gpus, cpus=cpus, log=str(log))
+    node = LocalNode(
+        name=name,
+        ip="",
+        pid=proc.pid,
+        head=name == "head",
+        gpus=gpus,
+        cpus=cpus,
+        log=str(log),
+        labels=dict(labels or {}),
+    )
     state.nodes.append(node)
     deadline = time.monotonic() + NODE_START_TIMEOUT
     while "Ray runtime started" not in log.read_text(errors="replace"):

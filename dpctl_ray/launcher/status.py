@@ -8,6 +8,7 @@ from typing import Any
 
 from dpctl_ray.engines.base import HostReport, RankState
 from dpctl_ray.launcher.records import DeploymentState, RankRecord, Record
+from dpctl_ray.planner.document import label_options
 
 HEALTH_TIMEOUT = 2.0  # seconds every engine gets to answer one status call
 
@@ -186,6 +187,7 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
                 "pack": record.spec.pack if record else "",
                 "bundles": record.spec.bundles if record else "",
                 "coupling": record.engine.coupling if record else "",
+                **(label_options(record.spec) if record else {}),
                 "state": record.state.value if record else "orphaned",
                 "events": record.events if record else [],
                 "processes": [
