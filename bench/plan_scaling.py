@@ -6,7 +6,9 @@ Part 1 times `plan()` in-process for 64 to 16,384 nodes of 8 devices (dp = nodes
 the seed's loop on the same nodes for reference. Part 2 runs two whole processes, interleaved, on one
 16,384-node JSON inventory: `dpctl plan -o json` and a bare script that loads the same JSON, runs the
 seed's loop and prints its groups as JSON. Both run with bytecode caches warm (a first run writes them),
-as on any normal install. Prints markdown tables for the README.
+as on any normal install. Part 3 repeats part 2 on nodes that carry labels (a zone, a rack of 18, a GPU
+kind), with `--select gpu=h100 --spread zone --rank-within rack`; the seed's loop has no labels and runs as
+in part 2. Prints markdown tables for the README.
 """
 
 from __future__ import annotations
@@ -44,8 +46,14 @@ print(json.dumps([{{"strategy": s, "bundles": b, "local_rank": r}} for (s, b), r
 """
 
 
-def inventory(count: int) -> dict[str, list[dict[str, object]]]:
-    """`count` nodes of 8 GPUs and 64 CPUs, the first one the head; distinct IPs (the seed keys nodes by IP)."""
+LABEL_FLAGS = ("--select", "gpu=h100", "--spread", "zone", "--rank-within", "rack")
+
+
+def inventory(count: int, *, labelled: bool = False) -> dict[str, list[dict[str, object]]]:
+    """`count` nodes of 8 GPUs and 64 CPUs, the first one the head; distinct IPs (the seed keys nodes by IP).
+
+    Labelled: four zones in turn, racks of 18 consecutive nodes, and a GPU kind.
+    """
     return {
         "nodes": [
             {
@@ -53,6 +61,7 @@ def inventory(count: int) -> dict[str, list[dict[str, object]]]:
                 "ip": f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}",
                 "head": i == 0,
                 "resources": {"CPU": 64, "GPU": 8},
+                **({"labels": {"zone": f"z{i % 4}", "rack": f"r{i // 18}", "gpu": "h100"}} if labelled else {}),
             }
             for i in range(count)
         ]
@@ -97,11 +106,11 @@ def planner_scaling(seed: object, repeat: int) -> None:
         print(f"| {count:,} | {count:,} | {t_plan * 1e3:.1f} ms | {t_json * 1e3:.1f} ms | {t_seed * 1e3:.1f} ms |")
 
 
-def whole_process(seed_path: Path, runs: int) -> None:
+def whole_process(seed_path: Path, runs: int, *, labelled: bool = False) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     with tempfile.TemporaryDirectory() as tmp:
         inv = Path(tmp) / "inventory.json"
-        inv.write_text(json.dumps(inventory(16384)))
+        inv.write_text(json.dumps(inventory(16384, labelled=labelled)))
         script = Path(tmp) / "seed_bare.py"
         script.write_text(SEED_SCRIPT.format(seed_dir=str(seed_path.parent)))
         commands = {
@@ -120,6 +129,7 @@ def whole_process(seed_path: Path, runs: int) -> None:
                 "strict",
                 "-o",
                 "json",
+                *(LABEL_FLAGS if labelled else ()),
             ],
             "seed loop, bare script": [sys.executable, str(script), str(inv), "16384", "8"],
         }
@@ -134,7 +144,8 @@ def whole_process(seed_path: Path, runs: int) -> None:
     pairs = zip(times["dpctl plan -o json"][1:], times["seed loop, bare script"][1:], strict=True)
     ratios = sorted(d / b for d, b in pairs)
     ratio = statistics.median(ratios)
-    print(f"\n16,384 nodes x 8 GPU, dp 16,384, tp 8, strict; {runs} interleaved rounds\n")
+    labels = f"; labelled, {' '.join(LABEL_FLAGS)}" if labelled else ""
+    print(f"\n16,384 nodes x 8 GPU, dp 16,384, tp 8, strict{labels}; {runs} interleaved rounds\n")
     print("| whole process | median | |")
     print("|---|---:|---:|")
     for name, value in medians.items():
@@ -154,6 +165,7 @@ def main() -> None:
         sys.exit(f"seed planner not found at {args.seed}; pass --seed PATH/TO/seed_planner.py")
     planner_scaling(load_seed(args.seed), args.repeat)
     whole_process(args.seed.resolve(), args.runs)
+    whole_process(args.seed.resolve(), args.runs, labelled=True)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def test_allow_list_is_respected(request: PlanRequest) -> None:
             assert {b.node, by_id[b.node].ip} & allowed
 
 
-@given(roomy_requests())
+@given(st.one_of(roomy_requests(), labelled_requests()))
 def test_fast_plan_json_is_the_plan_document(request: PlanRequest) -> None:
     """The direct JSON writer gives exactly the plan document, to the byte as `dumps` would write it."""
     result = feasible(request)

@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +81,8 @@ class LocalState:
 
 def ray_version() -> str:
     """The installed Ray's version, read without importing Ray (which reads its auth settings on import)."""
+    from importlib import metadata  # noqa: PLC0415 - not imported by every command (~9 ms)
+
     try:
         return metadata.version("ray")
     except metadata.PackageNotFoundError:

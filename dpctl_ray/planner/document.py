@@ -230,8 +230,14 @@ def _parts(plan: Plan, q: Callable[[str], str], extra: Mapping[str, list[Any]]) 
     head = {True: "true", False: "false"}
     spec = plan.spec
 
+    used = spec.labels
+
     def labels(n: Node) -> str:
-        return f', "labels": {json.dumps(node_labels(n, spec), ensure_ascii=ascii_only)}' if spec.labels else ""
+        # node_labels(n, spec) as JSON, written directly: this runs for every node of the plan.
+        if not used:
+            return ""
+        have = n.labels
+        return ', "labels": {' + ", ".join([f"{q(k)}: {q(have[k])}" for k in used if k in have]) + "}"
 
     usage = plan.usage()
     devices, cpus = usage.devices, usage.cpus

@@ -40,7 +40,8 @@ def nodes_from_document(doc: object) -> tuple[Node, ...]:
         raise InventoryError(f"nodes: must be a list of nodes, got {_kind(raw_nodes)}")
     if not raw_nodes:
         raise InventoryError("nodes: lists no node", hint="an inventory lists the cluster's nodes under `nodes:`")
-    nodes = tuple(_node(raw, i) for i, raw in enumerate(raw_nodes))
+    checked: set[str] = set()  # label names and values already found printable
+    nodes = tuple(_node(raw, i, checked) for i, raw in enumerate(raw_nodes))
     seen: dict[str, int] = {}
     for i, node in enumerate(nodes):
         if node.id in seen:
@@ -74,7 +75,7 @@ def number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-def _node(raw: object, i: int) -> Node:
+def _node(raw: object, i: int, checked: set[str]) -> Node:
     # Paths are built only on error: a 16k-node inventory validates in a few tens of milliseconds.
     if not isinstance(raw, dict):
         raise InventoryError(f"nodes[{i}]: must be a mapping, got {_kind(raw)}")
@@ -112,9 +113,7 @@ def _node(raw: object, i: int) -> Node:
     labels = raw.get("labels", _NO_LABELS)
     if labels is _NO_LABELS or (not labels and isinstance(labels, dict)):
         labels = _NO_LABELS
-    elif not isinstance(labels, dict) or not all(
-        type(k) is str and _printable(k) and type(v) is str and (not v or _printable(v)) for k, v in labels.items()
-    ):
+    elif not isinstance(labels, dict) or not _labels_ok(labels, checked):
         raise InventoryError(
             f"nodes[{i}].labels: must map label names to values (printable strings), got {_kind(labels)}"
         )
@@ -152,6 +151,22 @@ def valid_ip(text: str) -> bool:
         ipaddress.IPv6Address(text)
     except ValueError:
         return False
+    return True
+
+
+def _labels_ok(labels: dict[object, object], checked: set[str]) -> bool:
+    """Names non-empty, values possibly empty, all printable strings of at most 256 characters.
+
+    Each distinct string is checked once (`checked` remembers them): nodes share label names and most values.
+    """
+    for k, v in labels.items():
+        if type(k) is not str or type(v) is not str or not k:
+            return False
+        for text in (k, v):
+            if text not in checked:
+                if len(text) > 256 or not text.isprintable():
+                    return False
+                checked.add(text)
     return True
 
 

@@ -272,18 +272,21 @@ def _check_labels(spec: Placement, key: Callable[[str], str]) -> None:
 
 
 def cluster_fingerprint(
-    nodes: Iterable[Node], device: str, layout: Layout = "per_node", labels: Sequence[str] = ()
+    nodes: Sequence[Node], device: str, layout: Layout = "per_node", labels: Sequence[str] = ()
 ) -> str:
     """A digest of what planning reads (ids, ips, head, free devices and CPUs, labels used) and the layout.
 
     A changed cluster changes it, and so does planning the same cluster for the other layout. A spec that
     reads no label digests no label, so relabelling a node does not invalidate such plans.
     """
-    rows = sorted(
+    rows = [
         f"{n.id}\t{n.ip}\t{n.head:d}\t{units(n.available.get(device, 0.0))}\t{units(n.available.get('CPU', 0.0))}"
-        + "".join(f"\t{k}={n.labels[k]}" if k in n.labels else "\t" for k in labels)
         for n in nodes
-    )
+    ]
+    if labels:  # each label's value, None where the node lacks it (which differs from an empty value)
+        keys = tuple(labels)
+        rows = [f"{row}\t{[*map(n.labels.get, keys)]!r}" for row, n in zip(rows, nodes, strict=True)]
+    rows.sort()
     head = f"v2\t{device}\t{layout}" + (f"\tlabels\t{chr(9).join(labels)}" if labels else "")
     return hashlib.sha256("\n".join([head, *rows]).encode()).hexdigest()[:16]
 
@@ -425,6 +428,8 @@ def _even_share(run: Planning, order: list[Node], most: int) -> tuple[list[RankP
     spec = run.request.spec
     label = spec.spread
     assert label is not None  # noqa: S101 - the caller checked
+    if most <= 1:
+        return None, most
     hosting = {value_of(n.labels, label) for n in order if run.ledger.ranks_fit(n) >= 1}
     even = min(most, -(-spec.dp // max(len(hosting), 1)))
     if even == most:
@@ -535,13 +540,14 @@ def _spread_packed(
     strict = spec.pack == "strict"
     short: list[tuple[str, Node, int]] = []  # strict nodes short of dp_local: each may still end the plan
     remaining = count
+    replace, ranks_fit = heapq.heapreplace, ledger.ranks_fit  # one step per node: kept local
     while remaining and heap:
         if strict and remaining < dp_local and given:
             break  # the last node used hosts fewer: chosen below from every value's nodes
-        _, not_first, value = heapq.heappop(heap)
+        _, not_first, value = heap[0]
         queue = queues[value]
         node = queue[0]
-        fits = ledger.ranks_fit(node)
+        fits = ranks_fit(node)
         if strict or node is master:
             take = min(dp_local - hosted.get(node.id, 0), remaining)
             queue.popleft()
@@ -563,7 +569,9 @@ def _spread_packed(
             placed[value] += take
             remaining -= take
         if queue:
-            heapq.heappush(heap, (placed[value], not_first, value))
+            replace(heap, (placed[value], not_first, value))
+        else:
+            heapq.heappop(heap)
     if remaining and strict:
         # The last node used may host fewer than dp_local: the first node with room in the value holding the
         # fewest ranks (ties as above) takes what is left, whether it came up short before or not.
