@@ -17,7 +17,7 @@ import pytest
 
 from dpctl_ray.launcher import local
 from dpctl_ray.launcher.objects import TOPOLOGY
-from tests.conftest import ROOT, dpctl_env
+from tests.conftest import dpctl, dpctl_env
 
 pytestmark = pytest.mark.ray
 
@@ -30,15 +30,8 @@ LABELS = {
 
 
 def run(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dpctl_ray", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**dpctl_env(), "DPCTL_HOME": str(home)},
-        cwd=ROOT,
-        check=False,
-    )
+    """dpctl against the cluster of this module (its own DPCTL_HOME)."""
+    return dpctl(*args, timeout=timeout, DPCTL_HOME=str(home))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,21 +16,14 @@ from typing import Any
 import pytest
 
 from dpctl_ray.launcher import local
-from tests.conftest import ROOT, dpctl_env
+from tests.conftest import dpctl
 
 pytestmark = pytest.mark.ray
 
 
 def run(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dpctl_ray", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**dpctl_env(), "DPCTL_HOME": str(home)},
-        cwd=ROOT,
-        check=False,
-    )
+    """dpctl against the cluster of this module (its own DPCTL_HOME)."""
+    return dpctl(*args, timeout=timeout, DPCTL_HOME=str(home))
 
 
 @pytest.fixture(scope="module")

@@ -48,26 +48,26 @@ def short_ids(ids: Iterable[str], minimum: int = 8) -> dict[str, str]:
 
 
 def plan_title(plan: Plan) -> str:
-    """One line saying what the plan is (the nodes table marks the master)."""
+    """One line saying what the plan is (the nodes table marks the master), and one more for its label rules."""
     s = plan.spec
     shape = f"TP {s.tp}" + (f" x PP {s.pp}" if s.pp > 1 else "")
     nodes_used = len({n for r in plan.ranks for n in r.nodes})
     return (
         f"{plan.name}: {s.dp} rank{'s' if s.dp != 1 else ''} of {shape} "
         f"({s.dp * s.world_size} {s.device} on {nodes_used} node{'s' if nodes_used != 1 else ''}), "
-        f"pack {s.pack}, dp_local {s.dp_local}, bundles {s.bundles}{label_rules(s)}"
-    )
+        f"pack {s.pack}, dp_local {s.dp_local}, bundles {s.bundles}"
+    ) + (f"\nlabels: {label_rules(s)}" if s.labels else "")
 
 
 def label_rules(spec: ResolvedSpec) -> str:
-    """The label options of a spec as a title states them (nothing when it has none)."""
+    """The label options of a spec as a title states them (a second line, under the plan's shape)."""
     rules = [f"select {', '.join(map(str, spec.select))}"] if spec.select else []
     if spec.within is not None:
         rules.append(f"within {spec.within}={spec.within_value or '(none)'}")
     rules += [
         f"{name} {label}" for name, label in (("rank_within", spec.rank_within), ("spread", spec.spread)) if label
     ]
-    return f"; {'; '.join(rules)}" if rules else ""
+    return "; ".join(rules)
 
 
 def rank_rows(plan: Plan, limit: int | None = None) -> list[tuple[str, ...]]:
@@ -209,7 +209,7 @@ class Table:
         if self.note:
             lines.append(self.note)
         if self.title is not None:
-            title = printable(self.title)
+            title = "\n".join(printable(line) for line in self.title.split("\n"))
             lines.insert(0, f"\x1b[1m{title}\x1b[0m" if bold else title)
         return "\n".join(lines)
 
