@@ -138,16 +138,15 @@ def _plan_within(
     named = [n for n in request.nodes if n.id == spec.master] or [n for n in request.nodes if n.ip == spec.master]
     if spec.master != "auto" and len(named) == 1:
         values = [value_of(named[0].labels, label)]
-    first: Infeasible | None = None
+    failed: list[Infeasible] = []  # one per value tried: there is always one, the empty value if no other
     for value in values or [""]:
         inside = groups.get(value, [])
         result = _plan_on(request, ordered, inside, list(skipped), warnings, fingerprint, within_value=value)
         if isinstance(result, Plan):
             outside = [_label_skip(n, spec, label) for n in candidates if value_of(n.labels, label) != value]
             return dataclasses.replace(result, skipped=(*result.skipped, *outside))
-        first = first or result
-    assert first is not None  # noqa: S101 - at least one value was tried
-    return dataclasses.replace(first, within=tuple((v, capacity[v]) for v in sorted(groups)))
+        failed.append(result)
+    return dataclasses.replace(failed[0], within=tuple((v, capacity[v]) for v in sorted(groups)))
 
 
 @dataclass(slots=True)
@@ -408,7 +407,7 @@ def _place_packed(run: Planning, order: list[Node]) -> tuple[list[RankPlacement]
         return run.infeasible(InfeasibleCode.MASTER_CANNOT_FIT, offer, ranks=max(dp_local, 1), master=master)
     ranks = None
     if spec.dp_local is None and spec.spread is not None:
-        ranks, dp_local = _even_share(run, order, dp_local)
+        ranks, dp_local = _even_share(run, order, dp_local, spec.spread)
     if ranks is None:
         ranks = packed_ranks(
             order, master, run.ledger, run.skipped, spec, dp_local, hosted={}, first_rank=0, count=spec.dp
@@ -419,15 +418,13 @@ def _place_packed(run: Planning, order: list[Node]) -> tuple[list[RankPlacement]
     return ranks, dp_local
 
 
-def _even_share(run: Planning, order: list[Node], most: int) -> tuple[list[RankPlacement] | None, int]:
+def _even_share(run: Planning, order: list[Node], most: int, label: str) -> tuple[list[RankPlacement] | None, int]:
     """Auto dp_local under spread: the master's even share of dp (dp over the values that can host a rank).
 
     Under strict a smaller dp_local can shut nodes out, so the even share is kept only when its plan is
     whole and no less even than the plan with the master taking `most`; else (None, most) plans that.
     """
     spec = run.request.spec
-    label = spec.spread
-    assert label is not None  # noqa: S101 - the caller checked
     if most <= 1:
         return None, most
     hosting = {value_of(n.labels, label) for n in order if run.ledger.ranks_fit(n) >= 1}
@@ -476,7 +473,7 @@ def packed_ranks(
     """
     if spec.spread is not None:
         return _spread_packed(
-            order, master, ledger, skipped, spec, dp_local, hosted, first_rank, count, spread_counts or {}
+            order, master, ledger, skipped, spec, dp_local, hosted, first_rank, count, spread_counts or {}, spec.spread
         )
     strategy = STRATEGY[spec.pack]
     strict = spec.pack == "strict"
@@ -519,16 +516,15 @@ def _spread_packed(
     first_rank: int,
     count: int,
     spread_counts: Mapping[str, int],
+    label: str,
 ) -> list[RankPlacement]:
-    """packed_ranks under `spread`: the next ranks always go to the value holding the fewest so far.
+    """packed_ranks under `spread` (`label`): the next ranks always go to the value holding the fewest so far.
 
     Each value's nodes are taken in order. Under strict a node takes its dp_local ranks at once (a node
     hosts dp_local or none); under fill one rank at a time, the node staying first until it is full. Ranks
     are then numbered node by node in the order the nodes were first used, so a node's ranks stay
     consecutive (vLLM's per-node processes count on it). Ties go to the master's value, then by value.
     """
-    label = spec.spread
-    assert label is not None  # noqa: S101 - the caller checked
     queues: dict[str, deque[Node]] = {}
     for node in order:
         queues.setdefault(value_of(node.labels, label), deque()).append(node)
