@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _common import cluster_down
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,9 +79,7 @@ def main() -> None:
                 dpctl(env, "down", "bench")
                 time.sleep(1)
         finally:
-            subprocess.run(
-                [sys.executable, "-m", "dpctl_ray", "cluster", "down"], env=env, capture_output=True, check=False
-            )
+            cluster_down(env)
     ratios = [s / u for s, u in zip(scale_times, up_times, strict=True)]
     print(f"vllm-moe-hybrid-lb through the stand-in (no load time), TP 2, {args.runs} interleaved rounds\n")
     print("| whole process | median | min | max |")

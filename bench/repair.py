@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _common import cluster_down, dpctl
 
 BARE = r"""
 import sys
@@ -49,15 +50,6 @@ pg = placement_group([{"GPU": 2, "CPU": 1}], strategy="STRICT_PACK",
 engine = Engine.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0)).remote()
 ray.get(engine.ready.remote())
 """
-
-
-def dpctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "dpctl_ray", *args], capture_output=True, text=True, env=env, check=False
-    )
-    if result.returncode != 0:
-        sys.exit(f"dpctl {' '.join(args)} failed:\n{result.stderr}")
-    return result
 
 
 def main() -> None:
@@ -106,9 +98,7 @@ def main() -> None:
             floors.append(time.perf_counter() - start)
         dpctl(env, "down", "heal")
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "dpctl_ray", "cluster", "down"], env=env, capture_output=True, check=False
-        )
+        cluster_down(env)
     ratios = [r / f for r, f in zip(repairs, floors, strict=True)]
     print(f"{args.runs} interleaved rounds, median (min - max)\n")
     print("| whole process | median | min - max |")

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import cluster_down, dpctl
+
 BARE = r"""
 import json, sys
 import ray
@@ -48,15 +50,6 @@ actors = [Engine.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg
 actors += [Worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i)).remote() for i in range(n)]
 ray.get([a.ready.remote() for a in actors])
 """
-
-
-def dpctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "dpctl_ray", *args], capture_output=True, text=True, env=env, check=False
-    )
-    if result.returncode != 0:
-        sys.exit(f"dpctl {' '.join(args)} failed:\n{result.stderr}")
-    return result
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -108,9 +101,7 @@ def main() -> None:
             ray_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state["token_file"]}
             results = {dp: measure(env, ray_env, state["address"], tmp, dp, args.runs) for dp in (8, 2)}
         finally:
-            subprocess.run(
-                [sys.executable, "-m", "dpctl_ray", "cluster", "down"], env=env, capture_output=True, check=False
-            )
+            cluster_down(env)
     print(f"adding one TP 2 rank (1 engine + 2 workers), demo engine init_seconds 0; {args.runs} interleaved runs\n")
     print("| running deployment | `dpctl scale --dp N+1` | bare Ray, one rank | ratio |")
     print("|---|---:|---:|---:|")
