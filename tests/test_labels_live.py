@@ -128,3 +128,24 @@ def test_spread_and_select_hold_through_a_scale_up(home: Path) -> None:
         down = run(home, "down", "zones")
         assert down.returncode == 0, down.stderr
     assert created_groups(home) == []
+
+
+def test_within_keeps_the_deployment_in_one_zone_and_ray_holds_it_there(home: Path) -> None:
+    """up with within: every rank in the one zone chosen, each bundle selecting that zone, and a scale-up
+    beyond the zone's capacity is refused (exit 3) without touching the running ranks."""
+    up = run(home, "up", "--name", "inside", "--dp", "2", "--tp", "2", "--within", "zone")
+    assert up.returncode == 0, up.stderr
+    try:
+        (deployment,) = json.loads(run(home, "status", "inside", "-o", "json").stdout)["deployments"]
+        zone = deployment["within_value"]
+        by_ip = labels_by_ip(home)
+        assert {by_ip[r["ip"]]["zone"] for r in deployment["ranks"]} == {zone}
+        for group in created_groups(home):
+            assert all(s["zone"] == zone for s in group["selectors"])
+        beyond = run(home, "scale", "inside", "--dp", "3")
+        assert beyond.returncode == 3, beyond.stderr
+        (after,) = json.loads(run(home, "status", "inside", "-o", "json").stdout)["deployments"]
+        assert [r["since"] for r in after["ranks"]] == [r["since"] for r in deployment["ranks"]]
+    finally:
+        down = run(home, "down", "inside")
+        assert down.returncode == 0, down.stderr
