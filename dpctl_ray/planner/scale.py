@@ -15,17 +15,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from dpctl_ray.planner.model import Infeasible, InfeasibleCode, Node, Plan, PlanRequest, RankPlacement
-from dpctl_ray.planner.place import (
-    Ledger,
-    Planning,
-    SpecError,
-    cluster_fingerprint,
-    filter_nodes,
-    node_order_key,
-    packed_ranks,
-    span_ranks,
-    spread_counts,
-)
+from dpctl_ray.planner.place import Planning, SpecError, cluster_fingerprint, filter_nodes, node_order_key
+from dpctl_ray.planner.ranks import Ledger, packed_ranks, span_ranks, spread_counts
 
 
 @dataclass(frozen=True, slots=True)
