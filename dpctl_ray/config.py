@@ -57,11 +57,7 @@ def _select(value: object, path: str) -> tuple[LabelMatch, ...]:
         matches = [LabelMatch.parse(*item) if isinstance(item, tuple) else parse_flag(item) for item in given]
     except LabelError as exc:
         raise ConfigError(f"{path}: {exc}", hint=hint) from None
-    keys = [m.key for m in matches]
-    twice = next((k for k in keys if keys.count(k) > 1), None)
-    if twice is not None:
-        raise ConfigError(f"{path}: selects the label {values.show(twice)} twice", hint="give each label once")
-    return tuple(matches)
+    return tuple(matches)  # a label selected twice is refused by check_spec, with the key as the user gave it
 
 
 def _label(value: object, path: str) -> str:

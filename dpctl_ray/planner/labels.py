@@ -72,15 +72,17 @@ class LabelMatch:
         return (value in self.values) != self.negate
 
     @property
+    def _body(self) -> str:
+        return self.values[0] if len(self.values) == 1 else f"in({','.join(self.values)})"
+
+    @property
     def ray_value(self) -> str:
         """The selector value as Ray's `bundle_label_selector` takes it."""
-        body = self.values[0] if len(self.values) == 1 else f"in({','.join(self.values)})"
-        return f"!{body}" if self.negate else body
+        return f"!{self._body}" if self.negate else self._body
 
     def __str__(self) -> str:
         """As a `--select` flag writes it: zone=a, zone!=a, zone=in(a,b)."""
-        body = self.values[0] if len(self.values) == 1 else f"in({','.join(self.values)})"
-        return f"{self.key}{'!=' if self.negate else '='}{body}"
+        return f"{self.key}{'!=' if self.negate else '='}{self._body}"
 
 
 def parse_flag(text: str) -> LabelMatch:

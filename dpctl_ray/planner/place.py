@@ -132,7 +132,7 @@ def _plan_within(
         groups.setdefault(value_of(node.labels, label), []).append(node)
     capacity = {value: sum(n.free_devices(spec.device) for n in nodes) for value, nodes in groups.items()}
     values = sorted(groups, key=lambda v: (-capacity[v], v))
-    named = [n for n in request.nodes if n.id == spec.master] or [n for n in request.nodes if n.ip == spec.master]
+    named = named_nodes(request.nodes, spec.master)
     if spec.master != "auto" and len(named) == 1:
         values = [value_of(named[0].labels, label)]
     failed: list[Infeasible] = []  # one per value tried: there is always one, the empty value if no other
@@ -356,6 +356,11 @@ def missing_label_warnings(candidates: Iterable[Node], spec: Placement, spelled:
     return out
 
 
+def named_nodes(nodes: Sequence[Node], name: str) -> list[Node]:
+    """The node whose id is `name`, else the nodes with that ip (several: the name is ambiguous)."""
+    return [n for n in nodes if n.id == name] or [n for n in nodes if n.ip == name]
+
+
 def _choose_master(run: Planning, candidates: list[Node]) -> Node | Infeasible:
     """Step 2: the master is named (id, else a unique ip) or, for auto, the head when it can host a rank."""
     spec = run.request.spec
@@ -367,8 +372,7 @@ def _choose_master(run: Planning, candidates: list[Node]) -> Node | Infeasible:
         if heads:
             return heads[0]
         return min(candidates, key=lambda n: (not ledger.hosts_one(n), -ledger.dev[n.id], n.id))
-    by_id = [n for n in run.request.nodes if n.id == spec.master]
-    named = by_id or [n for n in run.request.nodes if n.ip == spec.master]
+    named = named_nodes(run.request.nodes, spec.master)
     key = (run.request.spelled or {}).get("master", "placement.master")
     if not named:
         raise SpecError(
