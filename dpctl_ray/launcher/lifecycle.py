@@ -380,12 +380,14 @@ def _restart_at(record: Record, plan: Plan, nodes: tuple[Node, ...], timeouts: T
     """Bring a group back on the hosts it has, at `plan`'s size; what happened, in words for the error."""
     try:
         _relaunch(record, plan, nodes, timeouts, observer)
-    except BaseException:  # noqa: BLE001 - whatever stops it, even Ctrl-C, the group is down and says so
+    except BaseException as exc:  # noqa: BLE001 - whatever stops it, even Ctrl-C, the group is down and says so
         record.state = DeploymentState.FAILED
         records.save(record)
+        why = exc.message if isinstance(exc, DpctlError) else type(exc).__name__
         return (
-            f"{record.name} could not restart at its {len(plan.ranks)} ranks either and is down, its placement "
-            f"groups kept (`dpctl scale {record.name} --dp {len(plan.ranks)}` tries again, `dpctl down` removes it)"
+            f"{record.name} could not restart at its {len(plan.ranks)} ranks either and is down ({why}), its "
+            f"placement groups kept (`dpctl scale {record.name} --dp {len(plan.ranks)}` tries again, `dpctl down` "
+            "removes it)"
         )
     return f"{record.name} restarted at its old size of {len(plan.ranks)} ranks"
 
