@@ -180,33 +180,13 @@ def span_ranks(
     """Up to `count` span ranks from nodes with exactly `per_node` free devices, numbered from first_rank.
 
     The first node in `order` (the master) starts rank `first_rank`. With `rank_within`, a rank's nodes share
-    the label's value. With `spread`, each rank's nodes share the spread label's value too, and the next rank
-    goes to the value holding the fewest (`spread_counts` counts those already held), ties to the first
-    node's value, then by value.
+    the label's value. With `spread`, see _spread_span.
     """
     nodes = list(order)
     if spec.spread is None:
-        found = itertools.islice(_span_stream(nodes, per_node, spec, ledger, skipped), count)
-        groups = list(found)
+        groups = list(itertools.islice(_span_stream(nodes, per_node, spec, ledger, skipped), count))
     else:
-        label = spec.spread
-        by_value: dict[str, list[Node]] = {}
-        for node in nodes:
-            by_value.setdefault(value_of(node.labels, label), []).append(node)
-        first_value = value_of(nodes[0].labels, label) if nodes else None
-        streams = {v: _span_stream(ns, per_node, spec, ledger, skipped) for v, ns in by_value.items()}
-        placed = Counter(spread_counts or {})
-        heap = [(placed[v], v != first_value, v) for v in streams]
-        heapq.heapify(heap)
-        groups = []
-        while len(groups) < count and heap:
-            _, not_first, value = heapq.heappop(heap)
-            group = next(streams[value], None)
-            if group is None:
-                continue
-            groups.append(group)
-            placed[value] += 1
-            heapq.heappush(heap, (placed[value], not_first, value))
+        groups = _spread_span(nodes, per_node, spec, ledger, skipped, count, spread_counts or {}, spec.spread)
     strategy = STRATEGY["span"]
     return [
         RankPlacement(first_rank + i, 0, strategy, tuple(n.id for n in group), (per_node,) * len(group), control.id)
@@ -251,6 +231,77 @@ def _span_stream(
         ledger.take_cpus(control, spec.cpus)
         yield list(group), control
         group.clear()
+
+
+def _spread_span(
+    nodes: list[Node],
+    per_node: int,
+    spec: Placement,
+    ledger: Ledger,
+    skipped: list[Skip],
+    count: int,
+    spread_counts: Mapping[str, int],
+    label: str,
+) -> list[tuple[list[Node], Node]]:
+    """Span ranks under `spread`: each next rank's engine goes to the value of `label` holding the fewest.
+
+    A rank counts where its engine (its control node) is; `spread_counts` are the ranks each value already
+    holds. Ties go to the first node's value, then by value; a value that can host no more engines drops out.
+
+    A rank takes the rest of its nodes from its engine's value first, then from the values with the most
+    nodes left, so that a small value keeps its nodes for engines of its own. Under `rank_within` all of a
+    rank's nodes share one value of that label (the first node's value first): `--spread zone --rank-within
+    zone` keeps every rank inside one zone.
+    """
+    group_size = spec.world_size // per_node
+    within = spec.rank_within
+    # rank_within value -> spread value -> its nodes left, in order; the first node's values come first
+    pools: dict[str, dict[str, deque[Node]]] = {}
+    for node in nodes:
+        free = node.free_devices(spec.device)
+        if free != per_node:
+            reason = SkipReason.TOO_FEW_DEVICES if free < per_node else SkipReason.HETEROGENEOUS
+            skipped.append(ledger.skip(node, reason, per_node, 0.0))
+            continue
+        by_value = pools.setdefault(value_of(node.labels, within) if within is not None else "", {})
+        by_value.setdefault(value_of(node.labels, label), deque()).append(node)
+    left = {d: sum(len(q) for q in values.values()) for d, values in pools.items()}
+    domains = list(pools)
+    next_domain: Counter[str] = Counter()  # spread value -> index of the first domain that may still host it
+    first_value = value_of(nodes[0].labels, label) if nodes else None
+    values = list(dict.fromkeys(v for d in pools.values() for v in d))
+    placed = Counter(spread_counts)
+    heap = [(placed[v], v != first_value, v) for v in values]
+    heapq.heapify(heap)
+    groups: list[tuple[list[Node], Node]] = []
+    while len(groups) < count and heap:
+        _, not_first, value = heapq.heappop(heap)
+        while next_domain[value] < len(domains):
+            domain = domains[next_domain[value]]
+            home = pools[domain].get(value, ())
+            control = next((n for n in home if ledger.has_cpus(n)), None)
+            if control is not None and left[domain] >= group_size:
+                break
+            next_domain[value] += 1  # pools only shrink: this domain never hosts this value again
+        else:
+            continue
+        pool = pools[domain]
+        pool[value].remove(control)
+        group = [control]
+        for source in sorted(pool, key=lambda v: (v != value, -len(pool[v]))):
+            while len(group) < group_size and pool[source]:
+                group.append(pool[source].popleft())
+        left[domain] -= group_size
+        for n in group:
+            ledger.take_devices(n, per_node)
+        ledger.take_cpus(control, spec.cpus)
+        groups.append((group, control))
+        placed[value] += 1
+        heapq.heappush(heap, (placed[value], not_first, value))
+    if len(groups) < count:
+        short = [n for d in pools.values() for q in d.values() for n in q if not ledger.has_cpus(n)]
+        skipped.extend(ledger.skip(n, SkipReason.TOO_FEW_CPUS, per_node, spec.cpus) for n in short)
+    return groups
 
 
 def spread_counts(ranks: Iterable[RankPlacement], nodes: Iterable[Node], label: str | None) -> Counter[str]:
