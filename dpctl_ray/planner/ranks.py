@@ -212,10 +212,7 @@ def _span_stream(
         ]
     pending: dict[str, list[Node]] = {}  # rank_within value -> nodes gathered for its next rank
     for node in nodes:
-        free = node.free_devices(spec.device)
-        if free != per_node:
-            reason = SkipReason.TOO_FEW_DEVICES if free < per_node else SkipReason.HETEROGENEOUS
-            skipped.append(ledger.skip(node, reason, per_node, 0.0))
+        if not _spans(node, per_node, spec, ledger, skipped):
             continue
         group = pending.setdefault(value_of(node.labels, label) if label is not None else "", [])
         group.append(node)
@@ -258,10 +255,7 @@ def _spread_span(
     # rank_within value -> spread value -> its nodes left, in order; the first node's values come first
     pools: dict[str, dict[str, deque[Node]]] = {}
     for node in nodes:
-        free = node.free_devices(spec.device)
-        if free != per_node:
-            reason = SkipReason.TOO_FEW_DEVICES if free < per_node else SkipReason.HETEROGENEOUS
-            skipped.append(ledger.skip(node, reason, per_node, 0.0))
+        if not _spans(node, per_node, spec, ledger, skipped):
             continue
         by_value = pools.setdefault(value_of(node.labels, within) if within is not None else "", {})
         by_value.setdefault(value_of(node.labels, label), deque()).append(node)
@@ -302,6 +296,16 @@ def _spread_span(
         short = [n for d in pools.values() for q in d.values() for n in q if not ledger.has_cpus(n)]
         skipped.extend(ledger.skip(n, SkipReason.TOO_FEW_CPUS, per_node, spec.cpus) for n in short)
     return groups
+
+
+def _spans(node: Node, per_node: int, spec: Placement, ledger: Ledger, skipped: list[Skip]) -> bool:
+    """Whether the node can be one of a span rank's nodes: exactly `per_node` free devices; else a skip says why."""
+    free = node.free_devices(spec.device)
+    if free == per_node:
+        return True
+    reason = SkipReason.TOO_FEW_DEVICES if free < per_node else SkipReason.HETEROGENEOUS
+    skipped.append(ledger.skip(node, reason, per_node, 0.0))
+    return False
 
 
 def spread_counts(ranks: Iterable[RankPlacement], nodes: Iterable[Node], label: str | None) -> Counter[str]:
