@@ -191,6 +191,18 @@ class Timeouts:
     ready: float = 600.0
 
 
+RECOVERY_MODES = ("manual", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """`recovery:`: manual (only `dpctl repair` acts) or auto (a supervisor repairs), and auto's budget."""
+
+    mode: str = "manual"
+    max_repairs: int = 3  # repairs at most in `window` seconds; then the supervisor stops and says why
+    window: float = 600.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """A whole deployment description; `source` is the file it came from, if any."""
@@ -200,12 +212,14 @@ class Config:
     placement: Placement = field(default_factory=lambda: Placement(dp=2, tp=2))
     engine: EngineSpec = field(default_factory=DemoSpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    recovery: Recovery = field(default_factory=Recovery)
     source: str | None = None
     spelled: Mapping[str, str] = field(default_factory=dict)  # placement keys given as flags: name -> flag
 
 
 _KEYS: Mapping[str, tuple[str, ...]] = {
-    "": ("name", "cluster", "placement", "engine", "timeouts"),
+    "": ("name", "cluster", "placement", "engine", "timeouts", "recovery"),
+    "recovery": ("mode", "max_repairs", "window"),
     "cluster": ("address", "local", "runtime_env"),
     "cluster.local": ("nodes", "gpus_per_node", "cpus_per_node", "labels"),
     "cluster.runtime_env": ("env_vars", "pip", "working_dir", "py_modules"),
@@ -237,6 +251,7 @@ def config_from_document(doc: object, source: str | None = None) -> Config:
     local = _section(cluster.get("local", {}), "cluster.local")
     placement = _section(root.get("placement", {}), "placement")
     timeouts = _section(root.get("timeouts", {}), "timeouts")
+    recovery = _section(root.get("recovery", {}), "recovery")
     shape = base.cluster.local
     return Config(
         name=deployment_name(root.get("name", base.name), "name"),
@@ -266,6 +281,11 @@ def config_from_document(doc: object, source: str | None = None) -> Config:
         timeouts=Timeouts(
             placement=values.seconds(timeouts.get("placement", base.timeouts.placement), "timeouts.placement"),
             ready=values.seconds(timeouts.get("ready", base.timeouts.ready), "timeouts.ready"),
+        ),
+        recovery=Recovery(
+            mode=values.choice(recovery.get("mode", base.recovery.mode), "recovery.mode", RECOVERY_MODES),
+            max_repairs=values.integer(recovery.get("max_repairs", base.recovery.max_repairs), "recovery.max_repairs"),
+            window=values.seconds(recovery.get("window", base.recovery.window), "recovery.window"),
         ),
         source=source,
     )

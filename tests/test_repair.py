@@ -95,14 +95,14 @@ def test_a_lost_node_is_seen_and_repair_moves_only_its_rank(home: Path) -> None:
         assert down.returncode == 0, down.stderr
 
 
-def wait_until(check: Any, timeout: float = 60.0, what: str = "") -> Any:
+def wait_until(check: Any, timeout: float = 60.0, what: str = "", last: Any = None) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         found = check()
         if found:
             return found
         if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:.0f} s: {what}")
+            pytest.fail(f"not within {timeout:.0f} s: {what}" + (f"; last seen: {last()}" if last else ""))
         time.sleep(1.0)
 
 
@@ -135,6 +135,11 @@ def test_no_room_to_repair_is_exit_3_leaves_the_rest_and_marks_the_deployment_de
         assert after["state"] == "degraded"
         assert [e["result"] for e in after["events"]] == ["no room: degraded"]
         assert after["ranks"][1]["since"] == before[1]["since"]  # nothing changed for the healthy ranks
+        # `up` of the same deployment leaves a degraded one's healthy ranks alone and says how to repair it.
+        again = run(home, "up", "--name", "tight", "--dp", str(workers), "--tp", "2")
+        assert again.returncode == 0, again.stderr
+        assert "tight is degraded" in again.stderr
+        assert status(home, "tight")["ranks"][1]["since"] == before[1]["since"]
         added = run(home, "cluster", "add-node")
         assert added.returncode == 0, added.stderr
         healed = run(home, "repair", "tight")
@@ -144,3 +149,66 @@ def test_no_room_to_repair_is_exit_3_leaves_the_rest_and_marks_the_deployment_de
         assert [r["state"] for r in after["ranks"]] == ["READY"] * workers
     finally:
         run(home, "down", "tight")
+
+
+def test_recovery_auto_heals_with_no_command_running_and_stops_when_its_budget_is_spent(
+    home: Path, tmp_path: Path
+) -> None:
+    while gpu_workers(home) < 3:
+        assert run(home, "cluster", "add-node").returncode == 0
+    config = tmp_path / "auto.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "name": "auto",
+                "placement": {"dp": 1, "tp": 2},
+                "engine": {"kind": "demo", "init_seconds": 0},
+                "recovery": {"mode": "auto", "max_repairs": 1, "window": 600},
+            }
+        )
+    )
+    up = run(home, "up", "-f", str(config))
+    assert up.returncode == 0, up.stderr
+    assert "a supervisor repairs lost ranks" in up.stderr
+    try:
+        first = status(home, "auto")
+        assert first["supervisor"]["state"] == "watching"
+        lost_ip = first["ranks"][0]["ip"]
+        assert run(home, "cluster", "kill-node", worker_at(home, lost_ip)).returncode == 0
+
+        def healed() -> dict[str, Any] | None:
+            now = status(home, "auto")
+            rank = now["ranks"][0]
+            return now if rank["state"] == "READY" and rank["ip"] != lost_ip else None
+
+        after = wait_until(
+            healed,
+            timeout=120,
+            what="the supervisor repairing the rank with no command running",
+            last=lambda: status(home, "auto"),
+        )
+        assert [e["result"] for e in after["events"]] == ["ready"]
+
+        # A second loss spends more than the budget of 1: the supervisor stops and says why.
+        assert run(home, "cluster", "kill-node", worker_at(home, after["ranks"][0]["ip"])).returncode == 0
+
+        def stopped() -> dict[str, Any] | None:
+            now = status(home, "auto")
+            return now if now["supervisor"]["state"] == "stopped" else None
+
+        final = wait_until(stopped, what="the supervisor stopping on its budget")
+        assert "budget spent: 1 repairs in 600s" in final["supervisor"]["reason"]
+        assert final["events"][-1]["cause"] == "supervisor"
+        assert final["ranks"][0]["state"] == "DEAD"
+        table = run(home, "status", "auto").stdout
+        assert "supervisor stopped (budget spent" in table
+
+        # `up` again re-arms a stopped supervisor, and says why it had stopped.
+        again = run(home, "up", "-f", str(config))
+        assert again.returncode == 0, again.stderr
+        assert "(again: it had stopped: " in again.stderr
+        assert status(home, "auto")["supervisor"]["state"] == "watching"
+    finally:
+        down = run(home, "down", "auto")
+        assert down.returncode == 0, down.stderr
+    assert json.loads(run(home, "status", "-o", "json").stdout)["deployments"] == []

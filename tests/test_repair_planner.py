@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from dpctl_ray.config import Recovery, config_from_document
+from dpctl_ray.errors import ConfigError
 from dpctl_ray.planner import Infeasible, InfeasibleCode, Node, Placement, Plan, PlanRequest, plan
 from dpctl_ray.planner.repair import RepairPlan, repair
 from tests.test_scale_planner import gpu_nodes, layout, occupied, start
@@ -115,3 +118,17 @@ def test_repair_never_moves_a_healthy_rank_nor_overcommits(count: int, gpus: int
     assert len(locals_) == len(set(locals_))  # no two ranks share a node's local rank
     again = repair(current, tuple(reversed(alive)), lost)
     assert again == result  # whatever the order the nodes come in
+
+
+def test_recovery_settings_are_checked_with_their_key_paths() -> None:
+    assert config_from_document({}).recovery == Recovery("manual", 3, 600.0)
+    auto = config_from_document({"recovery": {"mode": "auto", "max_repairs": 5, "window": 60}}).recovery
+    assert auto == Recovery("auto", 5, 60.0)
+    for doc, message in (
+        ({"recovery": {"mode": "sometimes"}}, "recovery.mode: must be one of manual, auto"),
+        ({"recovery": {"max_repairs": 0}}, "recovery.max_repairs: must be"),
+        ({"recovery": {"budget": 3}}, "recovery.budget: unknown key"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            config_from_document(doc)
+        assert message in info.value.message

@@ -342,9 +342,14 @@ def status_title(s: DeploymentStatus) -> str:
     busy = f"; `dpctl {s.busy['command']}` in progress" if s.busy else ""
     state = s.record.state.value
     group = ", group-coupled" if s.record.engine.coupling == "group" else ""
+    watch = ""
+    if s.supervisor is not None:
+        watch = f"; supervisor {s.supervisor.get('state')}" + (
+            f" ({s.supervisor.get('reason')})" if s.supervisor.get("reason") else ""
+        )
     return (
         f"{s.name}: {plural(spec.dp, 'rank')} of {shape}, pack {spec.pack}, bundles {spec.bundles}{group}, "
-        f"{state}: {states}{busy}"
+        f"{state}: {states}{busy}{watch}"
     )
 
 

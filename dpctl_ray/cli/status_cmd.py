@@ -110,6 +110,8 @@ RECENT_EVENTS = 3  # repair events under a deployment's table (-o json lists eve
 def event_line(event: dict[str, Any]) -> str:
     """`  16:08:21  rank 1  node 1a2b is gone: 127.0.0.3 -> 127.0.0.5, ready`."""
     stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("time", 0))))
+    if event.get("cause") == "supervisor":
+        return f"  {stamp}  supervisor: {event.get('result')}"
     move = f"{event.get('from') or '?'} -> {event.get('to')}" if event.get("to") else f"on {event.get('from') or '?'}"
     return f"  {stamp}  rank {event.get('rank')}  {event.get('cause')}: {move}, {event.get('result')}"
 

@@ -19,7 +19,7 @@ from dpctl_ray.engines.base import RankState
 from dpctl_ray.engines.processes import master_port
 from dpctl_ray.errors import BadInput, Busy, DpctlError, InfeasibleError
 from dpctl_ray.launcher import nodes as nodes_of
-from dpctl_ray.launcher import objects, observe, records, shipping
+from dpctl_ray.launcher import objects, observe, records, shipping, supervisor
 from dpctl_ray.launcher.apply import Launch, bind_ip
 from dpctl_ray.launcher.nodes import snapshot
 from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase
@@ -105,11 +105,12 @@ def up(config: Config, *, planned: Plan | None, observer: Observer, keep_on_fail
         existing = records.load(name)
         if existing is not None and existing.state in RECOVERABLE:
             existing = _recover(existing, observer)
-        if existing is not None and existing.state is DeploymentState.RUNNING and recreate:
+        live = existing is not None and existing.state in (DeploymentState.RUNNING, DeploymentState.DEGRADED)
+        if live and recreate:
             gone = _remove(name)
             observer.note(f"recreating {name}: removed its {gone.engines} engines")
-            existing = None
-        if existing is not None and existing.state is DeploymentState.RUNNING:
+            existing, live = None, False
+        if live and existing is not None:  # a degraded deployment's healthy ranks run: converge, never relaunch
             return _converge(existing, config, planned=planned is not None, observer=observer)
         if existing is not None or name in objects.deployments_with_objects():
             # We hold the lock, so whoever launched this died mid-way: clear its leftovers first.
@@ -153,13 +154,23 @@ def _converge(existing: Record, config: Config, *, planned: bool, observer: Obse
             code="already_running",
         )
     diff = records.differences(existing, config.placement, config.engine, config.cluster.runtime_env.to_document())
+    degraded = existing.state is DeploymentState.DEGRADED
     if not diff:
+        _supervise(name, config, snapshot(), _host_env(existing), observer)
+        if degraded:
+            observer.warn(f"{name} is degraded: lost ranks found no room; `dpctl repair {name}` places them")
         return UpResult(existing, None, None, already_running=True)
     if any((d.section, d.key) != ("placement", "dp") for d in diff):
         raise BadInput(
             f"deployment {name!r} runs with another spec: " + "; ".join(map(str, diff)),
             hint=f"--recreate replaces it; `dpctl scale {name} --dp N` changes only its size",
             code="spec_differs",
+        )
+    if degraded:
+        raise BadInput(
+            f"deployment {name!r} is degraded (lost ranks found no room): it is not scaled",
+            hint=f"`dpctl repair {name}` first, or --recreate to replace it",
+            code="degraded",
         )
     observer.note(f"{name} runs with dp {existing.request.dp}: scaling it to {config.placement.dp}")
     scaled = _scale_locked(existing, config.placement.dp, config.timeouts, dry_run=False, observer=observer)
@@ -216,7 +227,40 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
         _granted(rank, result)
     record.state = DeploymentState.RUNNING
     records.save(record)
+    _supervise(plan.name, config, nodes, shipping.host_env(job, engine_env), observer)
     return UpResult(record, plan, result)
+
+
+def _supervise(
+    name: str, config: Config, nodes: tuple[Node, ...], runtime_env: dict[str, Any] | None, observer: Observer
+) -> None:
+    """Give a running deployment the supervisor its `recovery:` asks for.
+
+    auto: start one, or start it again when it has stopped or its budget changed; manual: remove one.
+    """
+    recovery = config.recovery
+    running = supervisor.status(name)
+    if recovery.mode != "auto":
+        if running is not None:
+            supervisor.stop(name)
+            observer.note(f"{name}: recovery: manual: removed its supervisor")
+        return
+    if running is not None:
+        budget = (running.max_repairs, running.window)
+        if running.state == "watching" and budget == (recovery.max_repairs, recovery.window):
+            return
+        supervisor.stop(name)
+    head = next((n.id for n in nodes if n.head), None)
+    try:
+        supervisor.start(name, recovery, head, runtime_env)
+    except Exception as exc:  # noqa: BLE001 - the ranks run: say so, and how to repair by hand
+        observer.warn(f"{name}: the supervisor did not start ({type(exc).__name__}: {exc}); `dpctl repair` repairs")
+        return
+    again = f" (again: it had stopped: {running.reason})" if running is not None and running.reason else ""
+    observer.note(
+        f"{name}: a supervisor repairs lost ranks (recovery: auto, at most {recovery.max_repairs} "
+        f"repairs in {recovery.window:g}s){again}"
+    )
 
 
 def _host_env(record: Record) -> dict[str, Any] | None:
@@ -601,6 +645,7 @@ def _repair(
 
 def down(name: str, *, force: bool) -> DownResult:
     """Stop the engines (gracefully, briefly), then remove everything under the deployment's name and its record."""
+    supervisor.stop(name)  # first: it would repair what down removes (its lock, if it held it, dies with it)
     try:
         with records.locked(name, "down"):
             return _remove(name)

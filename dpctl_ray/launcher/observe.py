@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from dpctl_ray.launcher import nodes, objects, records
+from dpctl_ray.launcher import nodes, objects, records, supervisor
 from dpctl_ray.launcher.status import HEALTH_TIMEOUT, Answer, DeploymentStatus, HostKey, processes_of, rank_status
 
 
@@ -49,8 +50,13 @@ def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentSt
             processes = processes_of(answers)
         else:
             processes = []
-        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes))
+        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes, _supervisor(dep)))
     return out
+
+
+def _supervisor(name: str) -> dict[str, Any] | None:
+    state = supervisor.status(name, HEALTH_TIMEOUT)
+    return dataclasses.asdict(state) if state is not None else None
 
 
 def deployment_names() -> list[str]:

@@ -310,16 +310,24 @@ def names() -> list[str]:
 
 
 def current_job() -> str:
-    """The Ray job id of this driver."""
+    """Who this is, for locks and records: the Ray job id of a driver, `actor:<id>` for an actor (a supervisor).
+
+    A detached actor outlives the job that created it, so its job's liveness says nothing about it.
+    """
     import ray  # noqa: PLC0415
 
-    return str(ray.get_runtime_context().get_job_id())
+    context = ray.get_runtime_context()
+    actor = context.get_actor_id()
+    return f"actor:{actor}" if actor else str(context.get_job_id())
 
 
 def job_alive(job: str) -> bool:
     """Whether the Ray job (a dpctl command's driver) is still running."""
     from ray._private.state import state  # noqa: PLC0415 - job liveness from the GCS; ray.util.state needs the dashboard
 
+    if job.startswith("actor:"):
+        found = state.actor_table(job.removeprefix("actor:"))
+        return bool(found) and found.get("State") not in ("DEAD", 4)
     for entry in state.job_table():
         if entry.get("JobID") == job:
             return not entry.get("IsDead", True)

@@ -55,6 +55,7 @@ class DeploymentStatus:
     ranks: list[RankStatus]
     busy: dict[str, Any] | None = None  # the live command changing it, if any
     processes: list[ProcessStatus] = field(default_factory=list)
+    supervisor: dict[str, Any] | None = None  # recovery: auto: its state, reason and repairs in the window
 
 
 def processes_of(hosts: Mapping[HostKey, Answer | None]) -> list[ProcessStatus]:
@@ -190,6 +191,7 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
                 **(label_options(record.spec) if record else {}),
                 "state": record.state.value if record else "orphaned",
                 "events": record.events if record else [],
+                "supervisor": s.supervisor,
                 "processes": [
                     {
                         "node": p.node,
