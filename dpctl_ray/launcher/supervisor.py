@@ -133,13 +133,21 @@ class Supervisor:
                 return
 
     def _stop(self, reason: str) -> None:
+        """Say why in the deployment's events, then stop: whoever sees it stopped also finds the reason there."""
+        for _ in range(30):  # a command holding the deployment's lock finishes first
+            try:
+                with records.locked(self.deployment, "supervisor"):
+                    record = records.load(self.deployment)
+                    if record is not None:
+                        record.event(-1, "supervisor", "", "", reason)
+                        records.save(record)
+                break
+            except Busy:
+                time.sleep(1.0)
+            except Exception:  # noqa: BLE001 - the state below still says why
+                break
         self.reason = reason
         self.stopped.set()
-        with contextlib.suppress(Exception), records.locked(self.deployment, "supervisor"):
-            record = records.load(self.deployment)
-            if record is not None:
-                record.event(-1, "supervisor", "", "", reason)
-                records.save(record)
 
 
 RemoteSupervisor: Any = ray.remote(Supervisor)
