@@ -310,24 +310,26 @@ def names() -> list[str]:
 
 
 def current_job() -> str:
-    """Who this is, for locks and records: the Ray job id of a driver, `actor:<id>` for an actor (a supervisor).
+    """Who this is, for locks and records: the Ray job id of a driver, `actor:<id>:<pid>` for an actor.
 
-    A detached actor outlives the job that created it, so its job's liveness says nothing about it.
+    A detached actor (a supervisor) outlives the job that created it, so its job's liveness says nothing about
+    it; and Ray may restart it under the same id, so its process names the incarnation that holds a lock.
     """
     import ray  # noqa: PLC0415
 
     context = ray.get_runtime_context()
     actor = context.get_actor_id()
-    return f"actor:{actor}" if actor else str(context.get_job_id())
+    return f"actor:{actor}:{os.getpid()}" if actor else str(context.get_job_id())
 
 
 def job_alive(job: str) -> bool:
     """Whether the Ray job (a dpctl command's driver) is still running."""
     from ray._private.state import state  # noqa: PLC0415 - job liveness from the GCS; ray.util.state needs the dashboard
 
-    if job.startswith("actor:"):
-        found = state.actor_table(job.removeprefix("actor:"))
-        return bool(found) and found.get("State") not in ("DEAD", 4)
+    if job.startswith("actor:"):  # alive, and still the incarnation that took the lock
+        actor, _, pid = job.removeprefix("actor:").partition(":")
+        found = state.actor_table(actor)
+        return bool(found) and found.get("State") == "ALIVE" and str(found.get("Pid")) == pid
     for entry in state.job_table():
         if entry.get("JobID") == job:
             return not entry.get("IsDead", True)

@@ -100,27 +100,33 @@ class Supervisor:
             if record is None:
                 self._stop("the deployment is gone")
                 return
-            if record.state not in (DeploymentState.RUNNING, DeploymentState.DEGRADED):
-                continue  # a command is changing it, or a group is down: a person decides
+            interrupted = record.state in lifecycle.RECOVERABLE
+            if not interrupted and record.state not in (DeploymentState.RUNNING, DeploymentState.DEGRADED):
+                continue  # a group is down, or `up` is launching it: a person decides
             try:
-                lost, _ = lifecycle.lost_ranks(record)
-                if not lost:
+                # A scale or repair in progress (ours too, if Ray restarted us mid-way) holds the lock: repair
+                # is Busy while its holder lives, and recovers the deployment once the holder is gone.
+                lost, _ = lifecycle.lost_ranks(record) if not interrupted else ({}, set())
+                if not lost and not interrupted:
                     failures, self.reason = 0, ""
                     continue
                 now = time.time()
                 self._forget_old(now)
                 if len(self.repairs) >= self.recovery.max_repairs:
+                    left = f"ranks {', '.join(map(str, sorted(lost)))} stay lost" if lost else "it stays as it is"
                     self._stop(
                         f"budget spent: {self.recovery.max_repairs} repairs in {self.recovery.window:g}s; "
-                        f"ranks {', '.join(map(str, sorted(lost)))} stay lost until `dpctl repair`"
+                        f"{left} until `dpctl repair`"
                     )
                     return
                 self.repairs.append(now)
                 try:
-                    lifecycle.repair(self.deployment, Timeouts(), dry_run=False, observer=_Quiet())
+                    done = lifecycle.repair(self.deployment, Timeouts(), dry_run=False, observer=_Quiet())
                 except (Busy, InfeasibleError):
                     self.repairs.pop()  # nothing was changed: no repair spent
                     raise
+                if done.repair is None:
+                    self.repairs.pop()  # recovered, or nothing was lost by the time it looked
                 failures, self.reason = 0, ""
             except Busy:
                 continue  # a dpctl command holds the deployment: look again after it
