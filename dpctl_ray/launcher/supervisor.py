@@ -160,7 +160,11 @@ RemoteSupervisor: Any = ray.remote(Supervisor)
 
 
 def start(deployment: str, recovery: Recovery, head: str | None, runtime_env: dict[str, Any] | None) -> Any:
-    """The deployment's supervisor, detached, on the head node (softly: any node if the head is gone), no CPU."""
+    """The deployment's supervisor, detached, on the head node, no CPU.
+
+    The head, strictly: Ray spills even a zero-CPU actor under soft affinity to a worker node now and then
+    (seen in the tests' GCS logs), and a supervisor on a worker dies with it, in the middle of its repair.
+    """
     options: dict[str, Any] = {
         "name": supervisor_name(deployment),
         "namespace": NAMESPACE,
@@ -170,7 +174,7 @@ def start(deployment: str, recovery: Recovery, head: str | None, runtime_env: di
         "max_restarts": -1,  # a crashed supervisor comes back (its budget from the events)
     }
     if head is not None:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=False)
     if runtime_env is not None:
         options["runtime_env"] = runtime_env
     actor = RemoteSupervisor.options(**options).remote(deployment, recovery, time.time())
