@@ -14,7 +14,7 @@ from dpctl_ray.engines.spec import DemoSpec, EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.files import load_document
 from dpctl_ray.planner.labels import MAX_SELECTORS, LabelError, LabelMatch, check_key, parse_flag
-from dpctl_ray.planner.model import LAYOUTS, NAME_RULE, PACKS, Placement, valid_name
+from dpctl_ray.planner.model import LAYOUTS, NAME_RULE, PACKS, SPARES_MODES, Placement, valid_name
 from dpctl_ray.planner.place import MAX_CPUS, MAX_WORLD_SIZE
 
 DEFAULT_FILE = "dpctl.yaml"
@@ -95,6 +95,18 @@ PLACEMENT_KEYS: tuple[PlacementKey, ...] = (
     PlacementKey("within", "Keep the whole deployment inside one value of this label.", "LABEL", _label),
     PlacementKey("rank_within", "Keep each rank's nodes inside one value of this label.", "LABEL", _label),
     PlacementKey("spread", "Spread ranks evenly across the values of this label.", "LABEL", _label),
+    PlacementKey(
+        "spares",
+        "Rank-sized reservations beyond dp that repair and scale-up take first (0).",
+        "K",
+        lambda v, p: values.integer(v, p, minimum=0),
+    ),
+    PlacementKey(
+        "spares_mode",
+        "reserved (placement groups) or started (also idle engine hosts: a lost rank takes one over at once).",
+        "MODE",
+        lambda v, p: values.choice(v, p, SPARES_MODES),
+    ),
 )
 
 

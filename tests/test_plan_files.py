@@ -156,3 +156,48 @@ def test_a_node_gone_since_planning_is_refused() -> None:
     with pytest.raises(BadInput) as err:
         check_fits(loaded, tuple(n for n in NODES if n.id != "gpu-b"))
     assert "nodes: 'gpu-b' (10.0.0.3) is not in the cluster now" in err.value.message
+
+
+def with_spares(count: int = 2) -> dict[str, Any]:
+    result = plan(PlanRequest("tampered", Placement(dp=3, tp=4, pack="fill", spares=count), NODES))
+    assert isinstance(result, Plan)
+    return plan_to_document(result)
+
+
+def test_a_plan_file_keeps_its_spares() -> None:
+    loaded = checked(with_spares())
+    assert [s.nodes for s in loaded.spares] == [("gpu-b",), ("gpu-c",)]
+    assert loaded.spec.spares == 2
+
+
+SPARE_TAMPERS = [
+    ("spare-missing", lambda d: d["spares"].pop(), "spares: must list 2 spares (spec.spares), got 1"),
+    ("spare-renumbered", lambda d: d["spares"][1].update(spare=5), "spares[1].spare: must be 1"),
+    (
+        "spare-on-a-full-node",
+        lambda d: [b.update(node="gpu-a") for b in d["spares"][0]["bundles"]],
+        "spares[0].nodes: must list the nodes of its bundles",
+    ),
+    ("spare-too-big", lambda d: d["spares"][0]["bundles"][0]["resources"].update(GPU=8), "spares[0].bundles"),
+]
+
+
+@pytest.mark.parametrize(("tamper", "words"), [t[1:] for t in SPARE_TAMPERS], ids=[t[0] for t in SPARE_TAMPERS])
+def test_a_tampered_spare_is_refused(tamper: Callable[[dict[str, Any]], None], words: str) -> None:
+    doc = with_spares()
+    tamper(doc)
+    with pytest.raises(BadInput) as err:
+        checked(doc)
+    assert words in err.value.message
+
+
+def test_a_spare_moved_onto_a_full_node_does_not_fit() -> None:
+    """gpu-a, the master, holds ranks 0 and 1: a spare there is refused as a third rank there would be."""
+    doc = with_spares()
+    for bundle in doc["spares"][0]["bundles"]:
+        bundle["node"] = "gpu-a"
+    doc["spares"][0]["nodes"] = ["gpu-a"]
+    doc["spares"][0]["local_rank"] = 2
+    with pytest.raises(BadInput) as err:
+        checked(doc)
+    assert "the master hosts 3 ranks" in err.value.message

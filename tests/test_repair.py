@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from dpctl_ray.launcher import local
-from tests.conftest import dpctl
+from tests.conftest import dpctl, leftovers
 
 pytestmark = pytest.mark.ray
 
@@ -198,7 +198,7 @@ def test_recovery_auto_heals_with_no_command_running_and_stops_when_its_budget_i
 
         final = wait_until(stopped, what="the supervisor stopping on its budget")
         assert "budget spent: 1 repairs in 600s" in final["supervisor"]["reason"]
-        assert final["events"][-1]["cause"] == "supervisor"
+        assert final["events"][-1]["cause"] == "supervisor", final["events"]
         assert final["ranks"][0]["state"] == "DEAD"
         table = run(home, "status", "auto").stdout
         assert "supervisor stopped (budget spent" in table
@@ -212,3 +212,88 @@ def test_recovery_auto_heals_with_no_command_running_and_stops_when_its_budget_i
         down = run(home, "down", "auto")
         assert down.returncode == 0, down.stderr
     assert json.loads(run(home, "status", "-o", "json").stdout)["deployments"] == []
+
+
+def live_groups(home: Path, name: str) -> list[str]:
+    """The deployment's placement groups Ray holds (not removed), as `group NAME (STATE)`."""
+    state = local.load_state_at(home)
+    assert state is not None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_TOKEN_PATH", str(home / "auth_token"))
+        return sorted(item for item in leftovers(state, name, wait=0) if item.startswith("group "))
+
+
+def test_a_spare_is_promoted_on_repair_and_on_scale_up_and_reserved_again(home: Path) -> None:
+    while gpu_workers(home) < 3:
+        assert run(home, "cluster", "add-node").returncode == 0
+    up = run(home, "up", "--name", "spare", "--dp", "1", "--tp", "2", "--spares", "1")
+    assert up.returncode == 0, up.stderr
+    assert "reserved 1 spare" in up.stderr
+    try:
+        first = status(home, "spare")
+        (held,) = first["spares"]
+        assert held["state"] == "reserved"
+        assert held["ip"] != first["ranks"][0]["ip"]
+        assert "spares: 0 reserved on" in run(home, "status", "spare").stdout
+        assert live_groups(home, "spare") == ["group dpctl/spare/pg-0 (CREATED)", "group dpctl/spare/spare-0 (CREATED)"]
+
+        # The rank's node dies: repair puts it on the spare, then reserves a spare again on the free worker.
+        assert run(home, "cluster", "kill-node", worker_at(home, first["ranks"][0]["ip"])).returncode == 0
+        dry = run(home, "repair", "spare", "--dry-run", "-o", "json")
+        assert dry.returncode == 0, dry.stderr
+        (move,) = json.loads(dry.stdout)["moves"]
+        assert move["spare"] == 0
+        repaired = run(home, "repair", "spare")
+        assert repaired.returncode == 0, repaired.stderr
+        assert "(spare 0)" in repaired.stderr
+        after = status(home, "spare")
+        assert after["ranks"][0]["ip"] == held["ip"]
+        assert after["ranks"][0]["state"] == "READY"
+        (again,) = after["spares"]
+        assert again["state"] == "reserved"
+        assert again["ip"] not in (held["ip"], first["ranks"][0]["ip"])
+
+        # Growing takes the spare first; with no room left for another, it says so.
+        grown = run(home, "scale", "spare", "--dp", "2")
+        assert grown.returncode == 0, grown.stderr
+        assert "1 onto spare 0" in grown.stderr
+        assert "0 of 1 spares reserved" in grown.stderr
+        final = status(home, "spare")
+        assert final["ranks"][1]["ip"] == again["ip"]
+        assert final["spares"] == []
+    finally:
+        down = run(home, "down", "spare")
+        assert down.returncode == 0, down.stderr
+    assert live_groups(home, "spare") == []  # down leaves no spare
+
+
+def test_a_started_spare_becomes_the_lost_rank_without_a_new_placement(home: Path) -> None:
+    while gpu_workers(home) < 3:
+        assert run(home, "cluster", "add-node").returncode == 0
+    up = run(home, "up", "--name", "warm", "--dp", "1", "--tp", "2", "--spares", "1", "--spares-mode", "started")
+    assert up.returncode == 0, up.stderr
+    assert "started 1 spare" in up.stderr
+    try:
+        first = status(home, "warm")
+        (held,) = first["spares"]
+        assert held["state"] == "started"
+        assert run(home, "cluster", "kill-node", worker_at(home, first["ranks"][0]["ip"])).returncode == 0
+        repaired = run(home, "repair", "warm")
+        assert repaired.returncode == 0, repaired.stderr
+        assert "(spare 0)" in repaired.stderr
+        after = status(home, "warm")
+        assert after["ranks"][0]["ip"] == held["ip"]
+        assert after["ranks"][0]["state"] == "READY"
+        # The spare's own host took the rank over (no new actor, no new group): its log says so.
+        log = run(home, "logs", "warm", "--tail", "50")
+        assert "(was spare 0)" in log.stdout
+        assert [s["state"] for s in after["spares"]] == ["started"]  # another spare started where there was room
+        assert after["spares"][0]["ip"] not in (held["ip"], first["ranks"][0]["ip"])
+    finally:
+        down = run(home, "down", "warm")
+        assert down.returncode == 0, down.stderr
+    state = local.load_state_at(home)
+    assert state is not None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_TOKEN_PATH", str(home / "auth_token"))
+        assert leftovers(state, "warm") == []  # no spare, no host, no group

@@ -132,3 +132,71 @@ def test_recovery_settings_are_checked_with_their_key_paths() -> None:
         with pytest.raises(ConfigError) as info:
             config_from_document(doc)
         assert message in info.value.message
+
+
+def test_a_rank_of_a_lost_node_takes_a_spare_before_free_capacity() -> None:
+    nodes = gpu_nodes(4)
+    current = start(nodes, dp=2, tp=4, spares=1)  # n0: rank 0, n1: rank 1, n2: spare 0, n3 free
+    assert layout(current) == ["0 0 n0", "1 0 n1"]
+    assert [s.nodes for s in current.spares] == [("n2",)]
+    result = fixed(current, without(occupied(nodes, current), "n1"), {1: "node gone"})
+    (move,) = result.moves
+    assert (move.spare, move.after.nodes, move.after.local_rank) == (0, ("n2",), 0)
+    assert result.plan.spares == ()
+    assert result.plan.ranks[0] == current.ranks[0]
+
+
+def test_a_rank_that_fits_where_it_was_keeps_the_spare() -> None:
+    nodes = gpu_nodes(3)
+    current = start(nodes, dp=2, tp=4, spares=1)
+    result = fixed(current, occupied(nodes, current), {1: "its engine actor died"})
+    (move,) = result.moves
+    assert move.in_place
+    assert move.spare is None
+    assert result.plan.spares == current.spares
+
+
+def test_a_spare_on_a_lost_node_is_dropped_and_a_rank_there_goes_to_free_capacity() -> None:
+    nodes = gpu_nodes(4)
+    current = start(nodes, dp=2, tp=4, spares=1)  # the spare on n2
+    result = fixed(current, without(occupied(nodes, current), "n2"), {})
+    assert (result.moves, result.dropped, result.plan.spares) == ((), (0,), ())
+
+
+def test_span_ranks_take_a_span_spare_whole() -> None:
+    nodes = gpu_nodes(6)
+    current = start(nodes, dp=2, tp=8, pack="span", spares=1)  # ranks on n0+n1, n2+n3; the spare on n4+n5
+    result = fixed(current, without(occupied(nodes, current), "n3"), {1: "node gone"})
+    (move,) = result.moves
+    assert (move.spare, move.after.nodes) == (0, ("n4", "n5"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    count=st.integers(2, 6),
+    dp=st.integers(1, 6),
+    spares=st.integers(1, 3),
+    pack=st.sampled_from(["strict", "fill"]),
+    lost_node=st.integers(0, 5),
+)
+def test_spares_go_first_and_healthy_ranks_never_move(
+    count: int, dp: int, spares: int, pack: str, lost_node: int
+) -> None:
+    nodes = gpu_nodes(count, gpus=4)
+    current = plan(PlanRequest("dep", Placement(dp=dp, tp=2, pack=pack, spares=spares), nodes))  # type: ignore[arg-type]
+    assume(isinstance(current, Plan))
+    assert isinstance(current, Plan)
+    gone = f"n{lost_node % count}"
+    lost = {r.rank: "node gone" for r in current.ranks if gone in r.nodes}
+    result = repair(current, without(occupied(nodes, current), gone), lost)
+    if isinstance(result, Infeasible):
+        return
+    alive_spares = [s for s in current.spares if gone not in s.nodes]
+    took = [m.spare for m in result.moves if m.spare is not None]
+    assert took == [s.rank for s in alive_spares][: len(took)]  # in order, and only alive ones
+    if len(took) < len(lost):
+        assert len(took) == len(alive_spares)  # free capacity only once the spares are spent
+    for r in result.plan.ranks:
+        if r.rank not in lost:
+            assert r == current.ranks[r.rank]
+    assert len(result.plan.spares) == len(alive_spares) - len(took)

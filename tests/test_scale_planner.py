@@ -25,6 +25,7 @@ def gpu_nodes(count: int, gpus: int = 4, cpus: float = 4) -> tuple[Node, ...]:
 def occupied(nodes: tuple[Node, ...], result: Plan) -> tuple[Node, ...]:
     """The snapshot a running deployment leaves: each node's free resources minus what its ranks hold."""
     used: dict[str, Counter[str]] = {}
+    result = result.whole()  # spares hold their devices too
     for rank in result.ranks:
         for bundle in result.bundles(rank):
             for key, amount in bundle.resources:
@@ -168,3 +169,28 @@ def test_scaling_never_overcommits_and_never_moves_a_rank(request: PlanRequest, 
         per_node.setdefault(r.nodes[0], []).append(r.local_rank)
     for local_ranks in per_node.values():
         assert sorted(local_ranks) == list(range(len(local_ranks)))
+
+
+def test_growth_takes_the_spares_first_where_they_are_then_free_capacity() -> None:
+    nodes = gpu_nodes(4)
+    current = start(nodes, dp=1, tp=4, spares=1)  # n0: rank 0; n1: spare 0
+    grown = step(nodes, current, 3)
+    assert grown.promoted == ((1, 0),)
+    assert layout(grown.plan) == ["0 0 n0", "1 0 n1", "2 0 n2"]
+    assert [r.rank for r in grown.added] == [1, 2]
+    assert grown.plan.spares == ()
+
+
+def test_growth_within_the_spares_plans_nothing_new() -> None:
+    nodes = gpu_nodes(3)
+    current = start(nodes, dp=1, tp=4, spares=2)
+    grown = step(nodes, current, 2)
+    assert grown.promoted == ((1, 0),)
+    assert layout(grown.plan) == ["0 0 n0", "1 0 n1"]
+    assert [s.nodes for s in grown.plan.spares] == [("n2",)]
+
+
+def test_shrinking_keeps_the_spares() -> None:
+    nodes = gpu_nodes(3)
+    current = start(nodes, dp=2, tp=4, spares=1)
+    assert step(nodes, current, 1).plan.spares == current.spares

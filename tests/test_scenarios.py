@@ -67,6 +67,7 @@ def test_scenario(path: Path) -> None:
 
     assert isinstance(result, Plan), f"expected a plan, got {result}"
     assert rank_lines(result) == expect["ranks"]
+    assert rank_lines(dataclasses.replace(result, ranks=result.spares)) == expect.get("spares", [])
     assert result.spec.master == expect["master"]
     if "dp_local" in expect:
         assert result.spec.dp_local == expect["dp_local"]

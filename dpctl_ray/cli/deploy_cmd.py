@@ -19,8 +19,9 @@ from dpctl_ray.files import load_document
 from dpctl_ray.launcher import shipping
 from dpctl_ray.launcher.cluster import connect
 from dpctl_ray.launcher.progress import LaunchResult
-from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, status_document
+from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, SpareStatus, status_document
 from dpctl_ray.planner.document import plan_from_document, plan_to_document
+from dpctl_ray.planner.repair import Move
 from dpctl_ray.values import seconds
 
 if TYPE_CHECKING:
@@ -110,7 +111,11 @@ def _report_up(cluster: Session, result: UpResult, output: options.Output) -> No
         return
     _warn_unstreamed(result.launch)
     if result.already_running:
-        console.info(f"{record.name} already runs with this spec ({plural(record.spec.dp, 'rank')}): nothing to do")
+        size = plural(record.spec.dp, "rank")
+        if result.respared:
+            console.info(f"{record.name} runs its {size} as before: only its spares changed")
+        else:
+            console.info(f"{record.name} already runs with this spec ({size}): nothing to do")
         statuses = cluster.status(record.name)
     elif (launch := result.launch) is not None:
         ips = sorted({r.ip for r in record.ranks})
@@ -135,7 +140,9 @@ def _report_up(cluster: Session, result: UpResult, output: options.Output) -> No
             )
             for r in record.ranks
         ]
-        statuses = [DeploymentStatus(record.name, record, ranks)]
+        state = "started" if record.spec.spares_mode == "started" else "reserved"  # up waited for them
+        held = [SpareStatus(s.rank, s.nodes, s.ip, sum(s.devices), state) for s in record.spares]
+        statuses = [DeploymentStatus(record.name, record, ranks, spares=held)]
     else:
         statuses = cluster.status(record.name)
     if output is options.Output.table:
@@ -266,7 +273,7 @@ def _report_repair(cluster: Session, result: RepairResult, output: options.Outpu
                 m.cause,
                 _where(m.before.nodes, ips),
                 _where(m.after.nodes, ips),
-                "same node" if m.in_place else "moved",
+                _move(m),
             )
             for m in fix.moves
         ]
@@ -284,9 +291,11 @@ def _report_repair(cluster: Session, result: RepairResult, output: options.Outpu
                                 "to": list(m.after.nodes),
                                 "local_rank": m.after.local_rank,
                                 "in_place": m.in_place,
+                                "spare": m.spare,
                             }
                             for m in fix.moves
                         ],
+                        "spares_dropped": list(fix.dropped),
                     },
                     output,
                 )
@@ -298,7 +307,10 @@ def _report_repair(cluster: Session, result: RepairResult, output: options.Outpu
             return
         _warn_unstreamed(result.launch)
         took = f" in {result.launch.elapsed:.1f}s" if result.launch else ""
-        moved = ", ".join(f"{m.rank} -> {_where(m.after.nodes, ips)}" for m in fix.moves)
+        moved = ", ".join(
+            f"{m.rank} -> {_where(m.after.nodes, ips)}{f' (spare {m.spare})' if m.spare is not None else ''}"
+            for m in fix.moves
+        )
         group = "; the group restarted" if result.restarted else "; the other ranks kept running"
         console.info(f"{record.name}: repaired {plural(len(rows), 'rank')}{took} ({moved}){group}")
     statuses = cluster.status(record.name)
@@ -309,6 +321,12 @@ def _report_repair(cluster: Session, result: RepairResult, output: options.Outpu
 
 
 REPAIR_COLUMNS = (Column("rank", "right"), Column("cause"), Column("from"), Column("to"), Column("move"))
+
+
+def _move(move: Move) -> str:
+    if move.spare is not None:
+        return f"onto spare {move.spare}"
+    return "same node" if move.in_place else "moved"
 
 
 def _where(node_ids: tuple[str, ...], ips: dict[str, str]) -> str:

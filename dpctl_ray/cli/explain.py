@@ -135,6 +135,12 @@ def _describe(result: Infeasible) -> tuple[str, str]:
                 f"pack span: world_size {spec.world_size} is not a multiple of the {per_node} free {device} per node",
                 f"choose tp x pp as a multiple of {per_node}, or free whole nodes",
             )
+        case InfeasibleCode.INSUFFICIENT if result.rank is not None and result.rank >= spec.dp:
+            spare = result.rank - spec.dp
+            return (
+                f"cannot place spare {spare} of {spec.spares}: a rank needs {need}; {best_text}",
+                f"the {spec.dp} ranks and {spare} of {spec.spares} spares fit; lower --spares, or add nodes",
+            )
         case InfeasibleCode.INSUFFICIENT:
             per_node = min(result.dp_local or 1, spec.dp - result.placed)
             if spec.pack == "strict" and per_node > 1:

@@ -174,7 +174,11 @@ def show_plan(result: Plan, *, full: bool) -> None:
     """The rank table and the per-node summary with its device map, on stdout; rows beyond the limit are counted."""
     limit = None if full else TABLE_LIMIT
     ranks = table(
-        RANK_COLUMNS, rank_rows(result, limit), title=plan_title(result), total=len(result.ranks), what="ranks"
+        RANK_COLUMNS,
+        rank_rows(result, limit, spares=True),
+        title=plan_title(result),
+        total=len(result.ranks) + len(result.spares),
+        what="ranks",
     )
     console.print_data(ranks)
     usage = result.usage()

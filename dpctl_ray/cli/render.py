@@ -56,6 +56,7 @@ def plan_title(plan: Plan) -> str:
         f"{plan.name}: {s.dp} rank{'s' if s.dp != 1 else ''} of {shape} "
         f"({s.dp * s.world_size} {s.device} on {nodes_used} node{'s' if nodes_used != 1 else ''}), "
         f"pack {s.pack}, dp_local {s.dp_local}, bundles {s.bundles}"
+        + (f", {s.spares} spare{'s' if s.spares != 1 else ''}" if s.spares else "")
     ) + (f"\nlabels: {label_rules(s)}" if s.labels else "")
 
 
@@ -70,17 +71,20 @@ def label_rules(spec: ResolvedSpec) -> str:
     return "; ".join(rules)
 
 
-def rank_rows(plan: Plan, limit: int | None = None) -> list[tuple[str, ...]]:
-    """rank, local rank, node(s), ip(s), devices, strategy; the first `limit` ranks."""
+def rank_rows(plan: Plan, limit: int | None = None, *, spares: bool = False) -> list[tuple[str, ...]]:
+    """rank, local rank, node(s), ip(s), devices, strategy; the first `limit` ranks (then spares, `spare N`)."""
     ips = {n.id: n.ip for n in plan.nodes}
     names = short_ids(n.id for n in plan.nodes)
     device = plan.spec.device
     rows: list[tuple[str, ...]] = []
-    for r in plan.ranks[:limit]:
+    shown = [(str(r.rank), r) for r in plan.ranks]
+    if spares:
+        shown += [(f"spare {r.rank}", r) for r in plan.spares]
+    for label, r in shown[:limit]:
         devices = "+".join(map(str, r.devices)) + f" {device}"
         rows.append(
             (
-                str(r.rank),
+                label,
                 str(r.local_rank),
                 ", ".join(names[n] for n in r.nodes),
                 ", ".join(ips.get(n, "?") for n in r.nodes),
@@ -104,10 +108,10 @@ RANK_COLUMNS = (
 MAP_CELLS = 32  # devices a node's map shows one by one; beyond that it counts them
 
 
-def device_map(node: Node, ranks: Sequence[tuple[int, int]], device: str) -> str:
+def device_map(node: Node, ranks: Sequence[tuple[int | str, int]], device: str) -> str:
     """One cell per device: the rank that holds it, `x` in use by others, `·` free; counts beyond MAP_CELLS.
 
-    `ranks` are the (rank, devices) the plan puts on the node.
+    `ranks` are the (rank, devices) the plan puts on the node; a spare is `sN`.
     """
     planned = sum(count for _, count in ranks)
     free = node.free_devices(device)
@@ -359,7 +363,11 @@ def delta_title(delta: ScalePlan, *, restart: bool) -> str:
     verb = "stop" if delta.removed else "add"
     ranks = f"rank{'s' if len(changed) != 1 else ''} {', '.join(map(str, changed))}"
     others = "restart every running rank (group coupling)" if restart else "the others keep running"
-    return f"{delta.name}: dp {delta.before} -> {delta.after}: {verb} {ranks}; {others}"
+    spares = ""
+    if delta.promoted:
+        took = ", ".join(f"{r} onto spare {s}" for r, s in delta.promoted)
+        spares = f" ({took})"
+    return f"{delta.name}: dp {delta.before} -> {delta.after}: {verb} {ranks}{spares}; {others}"
 
 
 def delta_rows(delta: ScalePlan) -> list[tuple[str, ...]]:

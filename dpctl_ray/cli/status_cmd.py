@@ -99,9 +99,20 @@ def show_statuses(statuses: list[DeploymentStatus]) -> None:
     now = time.time()
     for s in statuses:
         console.print_data(table(STATUS_COLUMNS, status_rows(s.ranks, now), title=status_title(s)))
+        if s.spares or (s.record is not None and s.record.request.spares):
+            console.print_data(spares_line(s))
         events = s.record.events[-RECENT_EVENTS:] if s.record else []
         if events:
             console.print_data("recent repairs:\n" + "\n".join(event_line(e) for e in events))
+
+
+def spares_line(s: DeploymentStatus) -> str:
+    """`spares: 0 reserved on 127.0.0.4, 1 lost (127.0.0.5)`, and how many of those asked for are missing."""
+    parts = [f"{p.spare} {p.state} on {p.ip}" for p in s.spares]
+    want = s.record.request.spares if s.record is not None else len(s.spares)
+    if len(s.spares) < want:
+        parts.append(f"{want - len(s.spares)} of {want} not reserved (no room; `dpctl repair` tries again)")
+    return "spares: " + ", ".join(parts)
 
 
 RECENT_EVENTS = 3  # repair events under a deployment's table (-o json lists every one kept)

@@ -29,9 +29,13 @@ from dpctl_ray.engines.spec import DemoSpec, PythonSpec
 from dpctl_ray.engines.work import EngineWork, HostInfo, HostSpec, ProcessWork, Work
 
 
-def log_path(log_dir: str, deployment: str, rank: int, node_index: int = 0) -> str:
-    """Where a host's log lives on its node: rank-R.log, or rank-R-node-K.log for a rank's further nodes."""
-    name = f"rank-{rank}.log" if node_index == 0 else f"rank-{rank}-node-{node_index}.log"
+def log_path(log_dir: str, deployment: str, rank: int, node_index: int = 0, spare: int | None = None) -> str:
+    """Where a host's log lives on its node: rank-R.log, or rank-R-node-K.log for a rank's further nodes.
+
+    A started spare's host logs to spare-N.log (spare-N-node-K.log) until a rank takes it over.
+    """
+    stem = f"rank-{rank}" if spare is None else f"spare-{spare}"
+    name = f"{stem}.log" if node_index == 0 else f"{stem}-node-{node_index}.log"
     return str(Path(log_dir) / deployment / name)
 
 
@@ -76,7 +80,7 @@ class EngineHost:
         context = ray.get_runtime_context()
         self.node = context.get_node_id()
         self.ip = ray.util.get_node_ip_address()
-        self.log_path = log_path(spec.log_dir, spec.deployment, spec.rank, spec.node_index)
+        self.log_path = log_path(spec.log_dir, spec.deployment, spec.rank, spec.node_index, spec.spare)
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
         self.port = spec.base_port + spec.local_rank if spec.base_port else _free_port(self.ip)
         self.reporter = StreamReporter(spec.stream, spec.deployment, spec.token, spec.rank)
@@ -95,9 +99,8 @@ class EngineHost:
         self.process: CommandEngine | None = None
         self._lock = threading.Lock()
         self._cancelled: set[str] = set()  # tokens of launches undone: their start() calls start nothing
-        self.log(
-            f"dpctl: rank {spec.rank}, node {spec.node_index} on {self.ip}: devices {','.join(self.devices) or '-'}"
-        )
+        who = f"rank {spec.rank}" if spec.spare is None else f"spare {spec.spare}"
+        self.log(f"dpctl: {who}, node {spec.node_index} on {self.ip}: devices {','.join(self.devices) or '-'}")
         if spec.stream and not self.reporter.streaming:
             self.log("dpctl: no pyzmq on this node: readiness goes through Ray, without live progress")
         self.reporter.send(Phase.PLACED, "devices held", devices=self.devices, node=self.node, ip=self.ip)
@@ -127,6 +130,17 @@ class EngineHost:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.log_path, "a", encoding="utf-8") as f:  # noqa: PTH123
             f.write(f"{stamp} {line}\n")
+
+    def become(self, rank: int, local_rank: int) -> HostInfo:
+        """A started spare's host takes over a rank: its number, local rank, log and port (work comes next)."""
+        spare = self.spec.spare
+        self.spec = dataclasses.replace(self.spec, rank=rank, local_rank=local_rank, spare=None)
+        self.log(f"dpctl: spare {spare} becomes rank {rank} (local rank {local_rank})")
+        self.log_path = log_path(self.spec.log_dir, self.spec.deployment, rank, self.spec.node_index)
+        if self.spec.base_port:
+            self.port = self.spec.base_port + local_rank
+        self.log(f"dpctl: rank {rank}, node {self.spec.node_index} on {self.ip} (was spare {spare})")
+        return self.info()
 
     def info(self) -> HostInfo:
         """What the launcher needs to render work: node, ip, granted device ids, port."""

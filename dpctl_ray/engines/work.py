@@ -32,6 +32,7 @@ class HostSpec:
     device_bundles: tuple[int, ...]  # per_device: the bundles of this host's devices (a worker on each)
     log_dir: str
     base_port: int  # 0: a free port on the node
+    spare: int | None = None  # a started spare's host (its number) until a lost rank takes it over
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,10 +81,12 @@ class Launch:
         node_ips: dict[str, str] | None = None,
         keep: Sequence[RankPlacement] = (),
         runtime_env: dict[str, Any] | None = None,
+        stems: Mapping[int, str] | None = None,
     ) -> None:
         self.plan = plan
         self.create = list(create)
         self.keep = list(keep)
+        self.stems = dict(stems or {})  # kept ranks on a started spare's hosts: rank -> their names' stem
         self.runtime_env = runtime_env  # each new host's (see shipping.host_env)
         self.engine = engine
         self.timeouts = timeouts
@@ -179,7 +181,7 @@ class Launch:
                 self.hosts[(rank.rank, k)] = host
         for rank in self.keep:
             for k, _ in enumerate(rank.nodes):
-                host = objects.find_host(plan.name, rank, k)
+                host = objects.find_host(plan.name, rank, k, self.stems.get(rank.rank, ""))
                 if host is None:
                     raise LaunchFailed(
                         f"rank {rank.rank}: its engine host on node {k} is gone",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from dpctl_ray.engines.base import RankState
 from dpctl_ray.engines.processes import master_port
 from dpctl_ray.errors import BadInput, Busy, DpctlError, InfeasibleError
 from dpctl_ray.launcher import nodes as nodes_of
-from dpctl_ray.launcher import objects, observe, records, shipping, supervisor
+from dpctl_ray.launcher import objects, observe, records, shipping, spares, supervisor
 from dpctl_ray.launcher.apply import Launch, bind_ip
 from dpctl_ray.launcher.nodes import snapshot
 from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase
@@ -68,6 +68,7 @@ class UpResult:
     launch: LaunchResult | None
     already_running: bool = False
     scaled: ScaleResult | None = None
+    respared: bool = False  # already running; only its spares changed
 
 
 @dataclass(slots=True)
@@ -83,7 +84,8 @@ class DownResult:
     def engines(self) -> int:
         """How many engine hosts were removed (one per node of a rank; per_device workers go with them)."""
         parsed = (records.ObjectName.parse(a) for a in self.actors)
-        return sum(1 for name in parsed if name is not None and name.kind is records.ObjectKind.ENGINE)
+        hosts = (records.ObjectKind.ENGINE, records.ObjectKind.SPARE)  # a started spare's hosts are engine hosts
+        return sum(1 for name in parsed if name is not None and name.kind in hosts)
 
     @property
     def nothing(self) -> bool:
@@ -155,11 +157,17 @@ def _converge(existing: Record, config: Config, *, planned: bool, observer: Obse
         )
     diff = records.differences(existing, config.placement, config.engine, config.cluster.runtime_env.to_document())
     degraded = existing.state is DeploymentState.DEGRADED
+    respared = any((d.section, d.key) == ("placement", "spares") for d in diff)
+    if respared:
+        _respare(existing, config.placement.spares, config.timeouts, observer)
+        diff = [d for d in diff if (d.section, d.key) != ("placement", "spares")]
+    elif len(existing.spares) < existing.request.spares:
+        _top_up(existing, config.timeouts, observer)
     if not diff:
         _supervise(name, config, snapshot(), _host_env(existing), observer)
         if degraded:
             observer.warn(f"{name} is degraded: lost ranks found no room; `dpctl repair {name}` places them")
-        return UpResult(existing, None, None, already_running=True)
+        return UpResult(existing, None, None, already_running=True, respared=respared)
     if any((d.section, d.key) != ("placement", "dp") for d in diff):
         raise BadInput(
             f"deployment {name!r} runs with another spec: " + "; ".join(map(str, diff)),
@@ -177,6 +185,17 @@ def _converge(existing: Record, config: Config, *, planned: bool, observer: Obse
     scaled.record.request = config.placement
     records.save(scaled.record)
     return UpResult(scaled.record, None, scaled.launch, scaled=scaled)
+
+
+def _respare(record: Record, count: int, timeouts: Timeouts, observer: Observer) -> None:
+    """`up` with another `placement.spares`: release the highest spares, or reserve more where there is room."""
+    record.request = dataclasses.replace(record.request, spares=count)
+    record.spec = dataclasses.replace(record.spec, spares=count)
+    extra = sorted(s.rank for s in record.spares)[count:]
+    if extra:
+        _take_spares(record, extra)
+        observer.note(f"{record.name}: released spares {', '.join(map(str, extra))} (placement.spares {count})")
+    _top_up(record, timeouts, observer)
 
 
 def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: bool, nodes: tuple[Node, ...]) -> UpResult:
@@ -208,11 +227,21 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
         ranks=[RankRecord.planned(r, ips.get(r.control, "")) for r in plan.ranks],
         env_request=config.cluster.runtime_env.to_document(),
         runtime_env=engine_env,
+        spares=spares.records_of(plan, plan.spares),
     )
     records.save(record)  # first, so that `down` finds even a launch whose CLI is killed
+    held = []
     try:
+        started = plan.spec.spares_mode == "started"
+        hosts = spares.Hosts(config.engine, shipping.host_env(job, engine_env)) if started else None
+        held = spares.reserve(plan, plan.spares, config.timeouts.placement, hosts)  # first: quick, unless started
+        if held:
+            what = "started" if started else "reserved"
+            observer.note(f"{plan.name}: {what} {len(held)} spare{'s' if len(held) > 1 else ''}")
         result = launch.run(keep_on_failure=keep_on_failure)
     except BaseException:
+        if not keep_on_failure:
+            objects.remove(held, [])
         if keep_on_failure:
             record.state = DeploymentState.FAILED
             for rank in record.ranks:
@@ -319,44 +348,41 @@ def _scale_locked(record: Record, dp: int, timeouts: Timeouts, *, dry_run: bool,
         return _restart_group(record, delta, nodes, timeouts, observer)
     before = len(record.ranks)
     record.state = DeploymentState.SCALING  # first: a command killed from here on leaves a record the next recovers
+    over = _promote(record, _taking(delta))
     launch = None
     if delta.removed:
+        stems = spares.stems(record)  # of the ranks removed too
         record.ranks = [r for r in record.ranks if r.rank < dp]
         record.spec = dataclasses.replace(record.spec, dp=dp)
         records.save(record)
-        _stop(record.name, list(delta.removed), record.engine.stop_seconds())
-        objects.remove_ranks(record.name, list(delta.removed))
+        _stop(record.name, list(delta.removed), record.engine.stop_seconds(), stems)
+        objects.remove_ranks(record.name, list(delta.removed), stems)
     else:
-        records.save(record)
         ips = {n.id: n.ip for n in nodes}
-        run = Launch(
-            delta.plan,
-            list(delta.added),
-            engine=record.engine,
-            timeouts=timeouts,
-            observer=observer,
-            bind_ip=bind_ip(),
-            node_ips=ips,
-            master_port=master_port(record.name, record.engine.master_port),
-            runtime_env=_host_env(record),
-        )
+        create = [r for r in delta.added if r.rank not in over]
+        keep = [r for r in delta.added if r.rank in over]
         try:
-            launch = run.run()
+            launch = _run(delta.plan, create, keep, record, nodes, timeouts, observer, over)
         except BaseException as exc:
+            objects.remove_ranks(record.name, list(over), over)  # spares' hosts that did not become ranks
             record.state = DeploymentState.RUNNING
             records.save(record)
             if isinstance(exc, DpctlError):
                 exc.message += f"; {record.name} keeps running with its {before} ranks"
+                with contextlib.suppress(DpctlError):
+                    _top_up(record, timeouts, observer)
             raise
         for rank in delta.added:
-            added = RankRecord.planned(rank, ips.get(rank.control, ""))
+            added = RankRecord.planned(rank, ips.get(rank.control, ""), over.get(rank.rank, ""))
             _granted(added, launch)
             record.ranks.append(added)
         record.spec = dataclasses.replace(record.spec, dp=dp)
     record.state = DeploymentState.RUNNING
     records.save(record)
+    if delta.promoted:
+        _top_up(record, timeouts, observer)
     survivors = [r.rank for r in record.ranks if r.rank < min(before, dp)]
-    return ScaleResult(record, delta, launch, untold=_tell_dp(record.name, survivors, dp))
+    return ScaleResult(record, delta, launch, untold=_tell_dp(record, survivors, dp))
 
 
 def _restart_group(
@@ -370,30 +396,73 @@ def _restart_group(
     name, before = record.name, len(record.ranks)
     old = record.plan()
     record.state = DeploymentState.RESTARTING  # first: a command killed from here on is recovered by the next
-    records.save(record)
     observer.note(f"{name}: restarting all {len(old.ranks)} ranks' processes (group coupling)")
     _stop(name, None, record.engine.stop_seconds())
+    over = _promote(record, _taking(delta))
     kept = [r for r in old.ranks if r.rank < delta.after]
+    create = [r for r in delta.added if r.rank not in over]
+    taken = [r for r in delta.added if r.rank in over]
     try:
-        launch = _run(delta.plan, delta.added, kept, record, nodes, timeouts, observer)
+        launch = _run(delta.plan, create, [*kept, *taken], record, nodes, timeouts, observer, over)
     except BaseException as exc:
+        objects.remove_ranks(name, list(over), over)
         note = _restart_at(record, old, nodes, timeouts, observer)
         if isinstance(exc, DpctlError):  # what became of the group first: a long engine message may be cut
             exc.message = f"{note}: the group could not start at {delta.after} ranks: {exc.message}"
         raise
     if delta.removed:
-        objects.remove_ranks(name, list(delta.removed))
+        objects.remove_ranks(name, list(delta.removed), spares.stems(record))
     ips = {n.id: n.ip for n in nodes}
     ranks = {r.rank: r for r in record.ranks if r.rank < delta.after}
     for new in delta.added:
-        ranks[new.rank] = RankRecord.planned(new, ips.get(new.control, ""))
+        ranks[new.rank] = RankRecord.planned(new, ips.get(new.control, ""), over.get(new.rank, ""))
     for survivor in ranks.values():
         _granted(survivor, launch)
     record.ranks = [ranks[r] for r in sorted(ranks)]
     record.spec = dataclasses.replace(record.spec, dp=delta.after)
     record.state = DeploymentState.RUNNING
     records.save(record)
+    if delta.promoted:
+        _top_up(record, timeouts, observer)
     return ScaleResult(record, delta, launch, restarted=True, before=before)
+
+
+def _taking(delta: ScalePlan) -> dict[int, tuple[int, RankPlacement]]:
+    """The ranks a scale adds on spares: rank -> (spare, its placement)."""
+    added = {r.rank: r for r in delta.added}
+    return {rank: (spare, added[rank]) for rank, spare in delta.promoted}
+
+
+def _promote(
+    record: Record, taking: Mapping[int, tuple[int, RankPlacement]], dropped: Sequence[int] = ()
+) -> dict[int, str]:
+    """Ranks take spares (rank -> (spare, placement)); `dropped` spares are gone with their nodes. Saves the record.
+
+    A started spare's hosts become their rank (rank -> stem returned: the rank runs on them under the spare's
+    names); any other spare's group is released for the rank's own group, created on the same bundles next.
+    """
+    over = spares.take_over(record, taking)
+    _take_spares(record, [*dropped, *(spare for spare, _ in taking.values())], keep={taking[r][0] for r in over})
+    return over
+
+
+def _take_spares(record: Record, numbers: Sequence[int], keep: Collection[int] = ()) -> None:
+    """Forget these spares and save the record; then release their groups, but those in `keep` (taken over).
+
+    The record forgets them first: a command killed in between leaves spare objects without a record entry,
+    which `_recover` removes.
+    """
+    gone = set(numbers)
+    record.spares = [s for s in record.spares if s.rank not in gone]
+    records.save(record)
+    spares.release(record.name, gone - set(keep))
+
+
+def _top_up(record: Record, timeouts: Timeouts, observer: Observer) -> None:
+    """Reserve spares again up to `placement.spares` where there is room (started ones too), and save the record."""
+    hosts = spares.Hosts(record.engine, _host_env(record)) if record.spec.spares_mode == "started" else None
+    spares.top_up(record, timeouts.placement, observer, hosts)
+    records.save(record)
 
 
 def _run(
@@ -404,12 +473,17 @@ def _run(
     nodes: tuple[Node, ...],
     timeouts: Timeouts,
     observer: Observer,
+    over: Mapping[int, str] | None = None,
 ) -> LaunchResult:
-    """A launch of `create` (new groups and hosts) and `keep` (hosts that exist), each rank's work started."""
+    """A launch of `create` (new groups and hosts) and `keep` (hosts that exist), each rank's work started.
+
+    `over`: ranks just taken over from started spares (rank -> stem), besides those the record has.
+    """
     return Launch(
         plan,
         create,
         keep=keep,
+        stems={**spares.stems(record), **(over or {})},
         engine=record.engine,
         timeouts=timeouts,
         observer=observer,
@@ -461,18 +535,20 @@ def _revive(record: Record, timeouts: Timeouts, observer: Observer) -> ScaleResu
     return ScaleResult(record, None, launch, restarted=True, before=size)
 
 
-def _stop(name: str, ranks: list[int] | None, grace: float) -> None:
+def _stop(name: str, ranks: list[int] | None, grace: float, stems: Mapping[int, str] | None = None) -> None:
     """Ask the hosts of these ranks (all, for None) to stop their work: processes get SIGTERM, SIGKILL after `grace`."""
-    stops = [host.stop.remote() for host in objects.hosts(name, None if ranks is None else set(ranks)).values()]
+    wanted = None if ranks is None else set(ranks)
+    stops = [host.stop.remote() for host in objects.hosts(name, wanted, stems).values()]
     if stops:
         ray.wait(stops, num_returns=len(stops), timeout=grace + STOP_TIMEOUT)
 
 
-def _tell_dp(name: str, ranks: list[int], dp: int) -> list[int]:
+def _tell_dp(record: Record, ranks: list[int], dp: int) -> list[int]:
     """Tell running engines the new dp size, in parallel; the ranks that did not answer in time."""
     calls = {}
+    stems = spares.stems(record)
     for rank in ranks:
-        engine = objects.find_engine(name, rank)
+        engine = objects.find_engine(record.name, rank, stems.get(rank, ""))
         if engine is not None:
             calls[engine.set_dp.remote(dp)] = rank
     done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=SET_DP_TIMEOUT) if calls else ([], [])
@@ -491,6 +567,8 @@ def _recover(record: Record, observer: Observer) -> Record:
     size on the hosts the group still has.
     """
     keep = {r.rank for r in record.ranks}
+    owned = {s.rank for s in record.spares} | {int(s.rsplit("-", 1)[1]) for s in spares.stems(record).values()}
+    spares.release(record.name, spares.reserved(record.name) - owned)  # their hosts go with their groups
     stray = sorted(objects.ranks_with_objects(record.name) - keep)
     if stray:
         objects.remove_ranks(record.name, stray)
@@ -531,7 +609,7 @@ def lost_ranks(record: Record) -> tuple[dict[int, str], set[str]]:
     A rank needs repair when its node is gone (or its raylet refuses connections), its engine actor died,
     its process exited, or its engine's health says it failed.
     """
-    dying = nodes_of.unreachable({n for r in record.ranks for n in r.nodes})
+    dying = nodes_of.unreachable({n for r in [*record.ranks, *record.spares] for n in r.nodes})
     (status,) = observe.gather(record.name, dying)  # a rank on a dying node is DEAD: its node is gone
     return {r.rank: r.detail or r.state.value for r in status.ranks if r.state in LOST}, dying
 
@@ -553,9 +631,10 @@ def repair(name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) 
         lost, dying = lost_ranks(record)
         group = record.engine.coupling == "group"
         if not lost:
-            if record.state is DeploymentState.DEGRADED and not dry_run:
-                record.state = DeploymentState.RUNNING
-                records.save(record)
+            if not dry_run:
+                if record.state is DeploymentState.DEGRADED:
+                    record.state = DeploymentState.RUNNING
+                _renew_spares(record, dying, timeouts, observer)
             return RepairResult(record, None, dry_run=dry_run)
         nodes = tuple(n for n in snapshot() if n.id not in dying)  # dead, though the GCS has not said so yet
         result = repairing.repair(record.plan(), nodes, lost)
@@ -572,6 +651,16 @@ def repair(name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) 
         if dry_run:
             return RepairResult(record, result, dry_run=True, restarted=group)
         return _repair(record, result, nodes, timeouts, observer, group=group)
+
+
+def _renew_spares(record: Record, dying: set[str], timeouts: Timeouts, observer: Observer) -> None:
+    """With no rank lost: spares on nodes that are gone are dropped, and spares reserved again where there is room."""
+    alive = nodes_of.alive() - dying
+    lost = [s.rank for s in record.spares if not alive.issuperset(s.nodes)]
+    if lost:
+        observer.note(f"{record.name}: spares {', '.join(map(str, lost))} were on nodes that are gone")
+    _take_spares(record, lost)
+    _top_up(record, timeouts, observer)
 
 
 def _ips(record: Record, rank: int) -> str:
@@ -603,17 +692,19 @@ def _repair(
     record: Record, fix: RepairPlan, nodes: tuple[Node, ...], timeouts: Timeouts, observer: Observer, *, group: bool
 ) -> RepairResult:
     name = record.name
-    moved = [m.after for m in fix.moves]
     record.state = DeploymentState.REPAIRING  # first: a command killed from here on is recovered by the next
-    records.save(record)
     if group:
         observer.note(f"{name}: restarting all {len(record.ranks)} ranks' processes (group coupling)")
         _stop(name, None, record.engine.stop_seconds())
-    objects.remove_ranks(name, list(fix.ranks))
+    objects.remove_ranks(name, list(fix.ranks), spares.stems(record))  # the lost ranks' own objects
+    over = _promote(record, {m.rank: (m.spare, m.after) for m in fix.moves if m.spare is not None}, fix.dropped)
+    moved = [m.after for m in fix.moves if m.rank not in over]
     kept = [r for r in fix.plan.ranks if r.rank not in fix.ranks] if group else []
+    kept += [m.after for m in fix.moves if m.rank in over]
     try:
-        launch = _run(fix.plan, moved, kept, record, nodes, timeouts, observer)
+        launch = _run(fix.plan, moved, kept, record, nodes, timeouts, observer, over)
     except BaseException as exc:
+        objects.remove_ranks(name, list(over), over)  # spares' hosts that did not become their ranks
         record.state = DeploymentState.FAILED if group else DeploymentState.DEGRADED
         records.save(record)
         if isinstance(exc, DpctlError):
@@ -629,14 +720,17 @@ def _repair(
     for move in fix.moves:
         record.event(move.rank, move.cause, _ips(record, move.rank), _where(move.after, nodes), "ready")
     by_rank = {r.rank: r for r in record.ranks}
-    for placement in moved:
-        by_rank[placement.rank] = RankRecord.planned(placement, ips.get(placement.control, ""))
+    for placement in (m.after for m in fix.moves):
+        by_rank[placement.rank] = RankRecord.planned(
+            placement, ips.get(placement.control, ""), over.get(placement.rank, "")
+        )
     for rank_record in by_rank.values():
         if rank_record.rank in fix.ranks or group:
             _granted(rank_record, launch)
     record.ranks = [by_rank[r] for r in sorted(by_rank)]
     record.state = DeploymentState.RUNNING
     records.save(record)
+    _top_up(record, timeouts, observer)
     return RepairResult(record, fix, launch, restarted=group)
 
 
@@ -660,7 +754,7 @@ def down(name: str, *, force: bool) -> DownResult:
 def _remove(name: str) -> DownResult:
     record = records.load(name)
     grace = record.engine.stop_seconds() if record else 0.0
-    _stop(name, sorted(objects.ranks_with_objects(name)), grace)
+    _stop(name, None, grace)  # every host, started spares' too
     removed = objects.sweep(name)
     had_record = records.delete(name)
     return DownResult(name, removed.actors, removed.groups, had_record)

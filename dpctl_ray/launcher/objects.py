@@ -27,8 +27,9 @@ def create_group(
     bundles: tuple[Bundle, ...],
     spec: ResolvedSpec,
     labels: Mapping[str, Mapping[str, str]],
+    kind: ObjectKind = ObjectKind.GROUP,
 ) -> PlacementGroup:
-    """One rank's detached, named placement group, every bundle pinned to its planned node by node id.
+    """One rank's (or spare's) detached, named placement group, every bundle pinned to its planned node by node id.
 
     The spec's label rules go to Ray too (`labels`: node id -> its labels): each bundle's selector, and for
     `rank_within` a topology strategy that keeps the group inside one value, where this Ray has one.
@@ -40,7 +41,7 @@ def create_group(
         options = {"topology_strategy": {NODE_ID_LABEL: rank.strategy, domain: "STRICT_PACK"}}
     group: PlacementGroup = placement_group(
         [dict(b.resources) for b in bundles],
-        name=object_name(deployment, ObjectKind.GROUP, rank.rank),
+        name=object_name(deployment, kind, rank.rank),
         lifetime="detached",
         bundle_label_selector=selectors,
         **options,
@@ -66,8 +67,11 @@ def create_host(
     group: PlacementGroup,
     cpus: float,
     runtime_env: dict[str, Any] | None = None,
+    stem: str = "",
 ) -> Any:
     """The host of one rank's node `k`, detached and named, on that node's bundle, claiming what it holds.
+
+    `stem`: `spare-N` for a started spare's host (named `dpctl/D/spare-N`, `dpctl/D/spare-N-K`).
 
     per_node: the host claims the node's devices itself, and the control CPUs on the control node.
     per_device: the control node's host takes the control bundle's CPUs; a host on a further node takes
@@ -88,7 +92,7 @@ def create_host(
     else:
         bundle = control if is_control else spec.device_bundles[0]
     return RemoteEngineHost.options(
-        name=host_name(deployment, rank, k),
+        name=host_name(deployment, rank, k, stem),
         namespace=NAMESPACE,
         lifetime="detached",
         max_concurrency=8,  # start and wait_exit block; health, set_dp, stop answer meanwhile
@@ -101,10 +105,21 @@ def create_host(
     ).remote(spec, group)
 
 
-def host_name(deployment: str, rank: RankPlacement, k: int) -> str:
-    """`engine-R` for the host on the rank's control node (its engine runs there), `engine-R-K` for the others."""
-    base = object_name(deployment, ObjectKind.ENGINE, rank.rank)
+def host_name(deployment: str, rank: RankPlacement, k: int, stem: str = "") -> str:
+    """`engine-R` for the host on the rank's control node (its engine runs there), `engine-R-K` for the others.
+
+    `stem`: the objects' own name when they are not the rank's (`spare-N`: a started spare that became it).
+    """
+    base = f"{prefix(deployment)}{stem}" if stem else object_name(deployment, ObjectKind.ENGINE, rank.rank)
     return base if rank.nodes[k] == rank.control else f"{base}-{k}"
+
+
+def stem_of(name: str) -> str:
+    """`spare-N` for a started spare's objects (`dpctl/D/spare-N`, `dpctl/D/spare-N-K`), else ""."""
+    parsed = ObjectName.parse(name)
+    if parsed is None or parsed.kind is not ObjectKind.SPARE:
+        return ""
+    return f"{ObjectKind.SPARE.value}-{parsed.rank}"
 
 
 def device_bundles(rank: RankPlacement, k: int) -> tuple[int, ...]:
@@ -113,30 +128,38 @@ def device_bundles(rank: RankPlacement, k: int) -> tuple[int, ...]:
     return tuple(range(first, first + rank.devices[k]))
 
 
-def hosts(deployment: str, ranks: set[int] | None = None) -> dict[str, Any]:
-    """The deployment's engine hosts (of these ranks), by name."""
+def hosts(deployment: str, ranks: set[int] | None = None, stems: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """The deployment's engine hosts (of these ranks; all, started spares' too, for None), by name.
+
+    `stems`: the ranks that run on a started spare's hosts, and its stem (`spare-N`).
+    """
     out = {}
+    theirs = {stem for rank, stem in (stems or {}).items() if stem and (ranks is None or rank in ranks)}
     for name in named_actors(prefix(deployment)):
         parsed = ObjectName.parse(name)
-        if parsed is None or parsed.kind is not ObjectKind.ENGINE or (ranks is not None and parsed.rank not in ranks):
+        if parsed is None or parsed.kind not in (ObjectKind.ENGINE, ObjectKind.SPARE):
+            continue
+        mine = parsed.kind is ObjectKind.ENGINE and parsed.rank in ranks if ranks is not None else True
+        if not mine and stem_of(name) not in theirs:
             continue
         with contextlib.suppress(ValueError):
             out[name] = ray.get_actor(name, namespace=NAMESPACE)
     return out
 
 
-def find_host(deployment: str, rank: RankPlacement, k: int) -> Any | None:
+def find_host(deployment: str, rank: RankPlacement, k: int, stem: str = "") -> Any | None:
     """The host of a rank's node k, if it exists."""
     try:
-        return ray.get_actor(host_name(deployment, rank, k), namespace=NAMESPACE)
+        return ray.get_actor(host_name(deployment, rank, k, stem), namespace=NAMESPACE)
     except ValueError:
         return None
 
 
-def find_engine(deployment: str, rank: int) -> Any | None:
+def find_engine(deployment: str, rank: int, stem: str = "") -> Any | None:
     """The engine host of a rank, if it exists."""
+    name = f"{prefix(deployment)}{stem}" if stem else object_name(deployment, ObjectKind.ENGINE, rank)
     try:
-        return ray.get_actor(object_name(deployment, ObjectKind.ENGINE, rank), namespace=NAMESPACE)
+        return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         return None
 
@@ -162,14 +185,22 @@ def remove(groups: list[PlacementGroup], actors: list[Any]) -> None:
             remove_placement_group(group)
 
 
-def remove_ranks(deployment: str, ranks: list[int]) -> Removed:
-    """Remove the engine actors and placement groups of some ranks of a deployment, found by name."""
+def remove_ranks(deployment: str, ranks: list[int], stems: Mapping[int, str] | None = None) -> Removed:
+    """Remove the engine actors and placement groups of some ranks of a deployment, found by name.
+
+    `stems`: ranks that run on a started spare's objects (`spare-N`): those objects are theirs to remove.
+    """
     removed = Removed()
     wanted = set(ranks)
+    theirs = {stem for rank, stem in (stems or {}).items() if stem and rank in wanted}
     wanted_groups = {object_name(deployment, ObjectKind.GROUP, r) for r in ranks}
+    wanted_groups |= {f"{prefix(deployment)}{stem}" for stem in theirs}
     for name in named_actors(prefix(deployment)):
         parsed = ObjectName.parse(name)
-        if parsed is None or parsed.rank not in wanted:
+        if parsed is None:
+            continue
+        mine = parsed.kind in (ObjectKind.ENGINE, ObjectKind.GROUP) and parsed.rank in wanted
+        if not mine and stem_of(name) not in theirs:
             continue
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
@@ -215,10 +246,20 @@ def live_groups(name_prefix: str = "dpctl/") -> dict[str, PlacementGroup]:
     return out
 
 
+def group_states(name_prefix: str) -> dict[str, str]:
+    """The state Ray gives each placement group under a prefix that is not removed (CREATED, PENDING, ...), by name."""
+    return {
+        info.get("name", ""): str(info.get("state"))
+        for info in placement_group_table().values()
+        if info.get("name", "").startswith(name_prefix) and info.get("state") != "REMOVED"
+    }
+
+
 def ranks_with_objects(deployment: str) -> set[int]:
     """Rank numbers that have an engine actor or placement group of the deployment."""
     parsed = (ObjectName.parse(n) for n in [*named_actors(prefix(deployment)), *live_groups(prefix(deployment))])
-    return {name.rank for name in parsed if name is not None and name.rank is not None}
+    kinds = (ObjectKind.GROUP, ObjectKind.ENGINE)
+    return {name.rank for name in parsed if name is not None and name.rank is not None and name.kind in kinds}
 
 
 def deployments_with_objects() -> set[str]:

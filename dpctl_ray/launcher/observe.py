@@ -9,7 +9,17 @@ import ray
 from ray.exceptions import RayActorError
 
 from dpctl_ray.launcher import nodes, objects, records, supervisor
-from dpctl_ray.launcher.status import HEALTH_TIMEOUT, Answer, DeploymentStatus, HostKey, processes_of, rank_status
+from dpctl_ray.launcher.records import ObjectKind, object_name
+from dpctl_ray.launcher.status import (
+    HEALTH_TIMEOUT,
+    Answer,
+    DeploymentStatus,
+    HostKey,
+    SpareStatus,
+    processes_of,
+    rank_status,
+    spare_state,
+)
 
 
 def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentStatus]:
@@ -18,6 +28,8 @@ def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentSt
     `dying`: nodes already found with their raylet refusing connections (found here when not given).
     """
     wanted = [name] if name else deployment_names()
+    # Supervisors first: one that stopped wrote why into the record before, so the record read next has it.
+    supervisors = {dep: _supervisor(dep) for dep in wanted}
     alive = nodes.alive()
     found: list[tuple[records.Record | None, dict[HostKey, Any]]] = []
     for dep in wanted:
@@ -27,7 +39,7 @@ def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentSt
         for rank in record.ranks if record else []:
             placement = rank.placement()
             for k in range(len(rank.nodes)):
-                actor = actors.get(objects.host_name(dep, placement, k))
+                actor = actors.get(objects.host_name(dep, placement, k, rank.stem))
                 if actor is not None:
                     calls[(rank.rank, k)] = actor.health.remote()
         found.append((record, calls))
@@ -50,7 +62,27 @@ def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentSt
             processes = processes_of(answers)
         else:
             processes = []
-        out.append(DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes, _supervisor(dep)))
+        status = DeploymentStatus(dep, record, ranks, records.lock_holder(dep), processes, supervisors[dep])
+        status.spares = _spares(record, alive) if record is not None else []
+        out.append(status)
+    return out
+
+
+def _spares(record: records.Record, alive: set[str]) -> list[SpareStatus]:
+    if not record.spares:
+        return []
+    groups = objects.group_states(records.prefix(record.name))
+    started = record.spec.spares_mode == "started"
+    actors = set(objects.named_actors(records.prefix(record.name))) if started else set()
+    out = []
+    for s in record.spares:
+        name = object_name(record.name, ObjectKind.SPARE, s.rank)
+        placement = s.placement()
+        hosts = all(
+            objects.host_name(record.name, placement, k, f"spare-{s.rank}") in actors for k in range(len(s.nodes))
+        )
+        state = spare_state(groups.get(name), s.nodes, alive, hosts if started else None)
+        out.append(SpareStatus(s.rank, s.nodes, s.ip, sum(s.devices), state))
     return out
 
 

@@ -38,6 +38,7 @@ class ObjectKind(str, Enum):
 
     GROUP = "pg"  # a rank's placement group
     ENGINE = "engine"  # a rank's engine host actor
+    SPARE = "spare"  # a spare's placement group (its number is the spare's, not a rank's)
 
 
 def prefix(deployment: str) -> str:
@@ -46,7 +47,7 @@ def prefix(deployment: str) -> str:
 
 
 def object_name(deployment: str, kind: ObjectKind, rank: int) -> str:
-    """`dpctl/<deployment>/pg-<rank>` or `dpctl/<deployment>/engine-<rank>`."""
+    """`dpctl/<deployment>/pg-<rank>`, `dpctl/<deployment>/engine-<rank>` or `dpctl/<deployment>/spare-<n>`."""
     return f"{prefix(deployment)}{kind.value}-{rank}"
 
 
@@ -104,11 +105,12 @@ class RankRecord:
     device_ips: list[str] = field(default_factory=list)
     since: float = 0.0
     failed: str = ""  # why its launch failed, kept with --keep-on-failure
+    stem: str = ""  # `spare-N` when it took over started spare N's objects (named so); "" for pg-R, engine-R
 
     @classmethod
-    def planned(cls, rank: RankPlacement, ip: str) -> RankRecord:
-        """A rank of a plan, before anything is granted."""
-        return cls(rank.rank, rank.local_rank, list(rank.nodes), list(rank.devices), rank.control, ip)
+    def planned(cls, rank: RankPlacement, ip: str, stem: str = "") -> RankRecord:
+        """A rank of a plan, before anything is granted (`stem`: it runs on a started spare's objects)."""
+        return cls(rank.rank, rank.local_rank, list(rank.nodes), list(rank.devices), rank.control, ip, stem=stem)
 
     def placement(self, strategy: str = "") -> RankPlacement:
         """The rank as the planner placed it."""
@@ -133,6 +135,7 @@ class Record:
     env_request: dict[str, Any] = field(default_factory=dict)  # cluster.runtime_env as given (paths)
     runtime_env: dict[str, Any] = field(default_factory=dict)  # what Ray made of it (URIs): every host gets it
     events: list[dict[str, Any]] = field(default_factory=list)  # repairs: what was found and done, newest last
+    spares: list[RankRecord] = field(default_factory=list)  # reserved spares (`rank` is the spare's number)
 
     def event(self, rank: int, cause: str, before: str, after: str, result: str) -> None:
         """Record one detection and what was done about it (the last MAX_EVENTS are kept)."""
@@ -156,6 +159,7 @@ class Record:
             "env_request": self.env_request,
             "runtime_env": self.runtime_env,
             "events": self.events,
+            "spares": [dataclasses.asdict(r) for r in self.spares],
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -181,12 +185,16 @@ class Record:
             env_request=_mapping(raw.get("env_request", {}), "env_request"),
             runtime_env=_mapping(raw.get("runtime_env", {}), "runtime_env"),
             events=[_mapping(e, "events") for e in _list(raw.get("events", []), "events")][-MAX_EVENTS:],
+            spares=[RankRecord(**r) for r in _list(raw.get("spares", []), "spares")],
         )
 
     def plan(self) -> Plan:
-        """The running deployment as a plan: its resolved spec and its ranks (what the scale planner starts from)."""
-        ranks = tuple(r.placement(STRATEGY[self.spec.pack]) for r in sorted(self.ranks, key=lambda r: r.rank))
-        return Plan(self.name, dataclasses.replace(self.spec, dp=len(ranks)), ranks, (), (), (), "")
+        """The running deployment as a plan: its spec, ranks and spares (what the scale planner starts from)."""
+        strategy = STRATEGY[self.spec.pack]
+        ranks = tuple(r.placement(strategy) for r in sorted(self.ranks, key=lambda r: r.rank))
+        spares = tuple(r.placement(strategy) for r in sorted(self.spares, key=lambda r: r.rank))
+        spec = dataclasses.replace(self.spec, dp=len(ranks))
+        return Plan(self.name, spec, ranks, (), (), (), "", spares)
 
 
 def _list(value: object, key: str) -> list[Any]:

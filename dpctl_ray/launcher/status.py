@@ -47,6 +47,26 @@ class ProcessStatus:
 
 
 @dataclass(slots=True)
+class SpareStatus:
+    """One spare as `status` reports it: where it is held, and whether Ray holds it."""
+
+    spare: int
+    nodes: list[str]
+    ip: str
+    devices: int
+    state: str  # reserved | started (its hosts run) | pending (Ray has not placed it) | lost (node, group or host gone)
+
+
+def spare_state(group: str | None, nodes: list[str], alive: set[str], hosts: bool | None = None) -> str:
+    """From its group's state in Ray (None: no group), the nodes alive, and (started spares) whether its hosts are."""
+    if group is None or not alive.issuperset(nodes) or hosts is False:
+        return "lost"
+    if group != "CREATED":
+        return "pending"
+    return "reserved" if hosts is None else "started"
+
+
+@dataclass(slots=True)
 class DeploymentStatus:
     """One deployment with its ranks; `record` is None for leftovers without a record."""
 
@@ -56,6 +76,7 @@ class DeploymentStatus:
     busy: dict[str, Any] | None = None  # the live command changing it, if any
     processes: list[ProcessStatus] = field(default_factory=list)
     supervisor: dict[str, Any] | None = None  # recovery: auto: its state, reason and repairs in the window
+    spares: list[SpareStatus] = field(default_factory=list)
 
 
 def processes_of(hosts: Mapping[HostKey, Answer | None]) -> list[ProcessStatus]:
@@ -192,6 +213,10 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
                 "state": record.state.value if record else "orphaned",
                 "events": record.events if record else [],
                 "supervisor": s.supervisor,
+                "spares": [
+                    {"spare": p.spare, "nodes": p.nodes, "ip": p.ip, "devices": p.devices, "state": p.state}
+                    for p in s.spares
+                ],
                 "processes": [
                     {
                         "node": p.node,

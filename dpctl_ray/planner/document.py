@@ -12,12 +12,14 @@ from dpctl_ray.planner.labels import MAX_SELECTORS, LabelError, LabelMatch, chec
 from dpctl_ray.planner.model import (
     LAYOUTS,
     PACKS,
+    SPARES_MODES,
     Infeasible,
     Node,
     Plan,
     RankPlacement,
     ResolvedSpec,
     Skip,
+    SparesMode,
     valid_name,
 )
 from dpctl_ray.planner.place import MAX_CPUS, MAX_RANKS, MAX_WORLD_SIZE, SpecError, check_spec
@@ -57,6 +59,22 @@ def plan_to_document(plan: Plan, extra: Mapping[str, list[Any]] | None = None) -
             }
             for r in plan.ranks
         ],
+        **(
+            {
+                "spares": [
+                    {
+                        "spare": r.rank,
+                        "local_rank": r.local_rank,
+                        "strategy": r.strategy,
+                        "nodes": list(r.nodes),
+                        "bundles": bundles(r),
+                    }
+                    for r in plan.spares
+                ]
+            }
+            if plan.spares
+            else {}
+        ),
         "nodes": [
             {
                 "id": n.id,
@@ -96,6 +114,8 @@ def spec_to_document(name: str, spec: ResolvedSpec) -> dict[str, Any]:
         "master": spec.master,
         "nodes": list(spec.nodes),
         "bundles": spec.bundles,
+        **({"spares": spec.spares} if spec.spares else {}),
+        **({"spares_mode": spec.spares_mode} if spec.spares_mode != "reserved" else {}),
         **label_options(spec),
     }
 
@@ -227,6 +247,11 @@ def _parts(plan: Plan, q: Callable[[str], str], extra: Mapping[str, list[Any]]) 
         f'"nodes": [{", ".join(map(q, r.nodes))}], "bundles": {bundles(r)}}}'
         for r in plan.ranks
     ]
+    spares = [
+        f'{{"spare": {r.rank}, "local_rank": {r.local_rank}, "strategy": {q(r.strategy)}, '
+        f'"nodes": [{", ".join(map(q, r.nodes))}], "bundles": {bundles(r)}}}'
+        for r in plan.spares
+    ]
     head = {True: "true", False: "false"}
     spec = plan.spec
 
@@ -260,6 +285,7 @@ def _parts(plan: Plan, q: Callable[[str], str], extra: Mapping[str, list[Any]]) 
         ("version", str(VERSION)),
         ("spec", json.dumps(spec_to_document(plan.name, plan.spec), ensure_ascii=ascii_only)),
         ("ranks", ranks),
+        *((("spares", spares),) if spares else ()),
         ("nodes", nodes),
         ("skipped", [json.dumps(skip_to_document(s, device)) for s in plan.skipped]),
         ("warnings", [q(w) for w in plan.warnings]),
@@ -327,6 +353,10 @@ def plan_from_document(doc: object) -> Plan:
             raise PlanFileError(f"nodes[{i}].id: {show(node.id)} is given twice")
         ids.add(node.id)
     ranks = tuple(_rank(r, i, spec) for i, r in enumerate(raw_ranks))
+    raw_spares = _list(d.get("spares", []), "spares")
+    if len(raw_spares) != spec.spares:
+        raise PlanFileError(f"spares: must list {spec.spares} spares (spec.spares), got {len(raw_spares)}")
+    spares = tuple(_spare(r, i, spec) for i, r in enumerate(raw_spares))
     fingerprint = _field(d, "cluster_fingerprint", "plan")
     if not isinstance(fingerprint, str) or not 1 <= len(fingerprint) <= 64 or not fingerprint.isalnum():
         raise PlanFileError(f"cluster_fingerprint: must be the fingerprint `dpctl plan` wrote, got {show(fingerprint)}")
@@ -343,9 +373,23 @@ def plan_from_document(doc: object) -> Plan:
         skipped=(),
         warnings=tuple(warnings),
         fingerprint=fingerprint,
+        spares=spares,
     )
     check_plan(plan)
     return plan
+
+
+def _spare(raw: object, i: int, spec: ResolvedSpec) -> RankPlacement:
+    """A spare: a rank's bundles, numbered by `spare` (check_plan holds it to the rules of rank dp + i)."""
+    path = f"spares[{i}]"
+    r = dict(_mapping(raw, path))
+    number = _int(_field(r, "spare", path), f"{path}.spare", minimum=0, maximum=MAX_RANKS)
+    if number != i:
+        raise PlanFileError(f"{path}.spare: must be {i} (spares are numbered 0..K-1 in order), got {number}")
+    try:
+        return _rank({**r, "rank": number}, i, spec)
+    except PlanFileError as exc:
+        raise PlanFileError(exc.message.replace(f"ranks[{i}]", path, 1), hint=exc.hint) from None
 
 
 def spec_from_document(doc: Mapping[str, Any]) -> ResolvedSpec:
@@ -391,11 +435,19 @@ def _spec(doc: Mapping[str, Any]) -> tuple[str, ResolvedSpec]:
         cpus=float(cpus),
         master=master,
         nodes=tuple(allow),
+        spares=_int(doc.get("spares", 0), "spec.spares", minimum=0, maximum=MAX_RANKS),
+        spares_mode=_spares_mode(doc.get("spares_mode", "reserved")),
     )
     world_size = doc.get("world_size", spec.world_size)
     if world_size != spec.world_size:
         raise PlanFileError(f"spec.world_size: must be tp x pp ({spec.world_size}), got {show(world_size)}")
     return name, spec
+
+
+def _spares_mode(value: object) -> SparesMode:
+    if value not in SPARES_MODES:
+        raise PlanFileError(f"spec.spares_mode: must be one of {', '.join(SPARES_MODES)}, got {show(value)}")
+    return value
 
 
 def _label_options(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Literal, TypeGuard
 
@@ -17,6 +17,10 @@ PACKS: tuple[Pack, ...] = ("strict", "fill", "span")
 # kept for engines that start one Ray worker per device themselves.
 Layout = Literal["per_node", "per_device"]
 LAYOUTS: tuple[Layout, ...] = ("per_node", "per_device")
+# Spares hold a rank's placement group; `started` ones also run its engine hosts (idle Ray actors), so a lost
+# rank takes one over without waiting for Ray to place or start anything.
+SparesMode = Literal["reserved", "started"]
+SPARES_MODES: tuple[SparesMode, ...] = ("reserved", "started")
 
 # Ray placement strategy per pack mode: one rank per node, or a rank over several nodes.
 STRATEGY: Mapping[str, str] = {"strict": "STRICT_PACK", "fill": "STRICT_PACK", "span": "PACK"}
@@ -78,6 +82,8 @@ class Placement:
     within: str | None = None  # a label: the whole deployment inside one of its values
     rank_within: str | None = None  # a label: each rank's nodes share one of its values
     spread: str | None = None  # a label: ranks spread evenly across its values
+    spares: int = 0  # rank-sized reservations beyond dp, for repair and scale-up to take first
+    spares_mode: SparesMode = "reserved"
 
     @property
     def world_size(self) -> int:
@@ -156,19 +162,21 @@ class RankPlacement:
 class Usage:
     """What a plan puts on its nodes, by node id: the ranks on each node's devices, device counts, control CPUs."""
 
-    ranks: Mapping[str, list[tuple[int, int]]]  # (rank, devices it takes on the node), in rank order
+    ranks: Mapping[str, list[tuple[int | str, int]]]  # (rank or `sN` for spare N, devices it takes there)
     devices: Mapping[str, int]
     cpus: Mapping[str, float]
 
     @classmethod
-    def of(cls, ranks: Iterable[RankPlacement], cpus: float) -> Usage:
-        """The usage of these ranks, each with a control bundle of `cpus`."""
-        held: dict[str, list[tuple[int, int]]] = {}
+    def of(cls, ranks: Iterable[RankPlacement], cpus: float, spares: Iterable[RankPlacement] = ()) -> Usage:
+        """The usage of these ranks and spares, each with a control bundle of `cpus`."""
+        held: dict[str, list[tuple[int | str, int]]] = {}
         devices: dict[str, int] = {}
         planned_cpus: dict[str, float] = {}
-        for rank in ranks:
+        named: list[tuple[int | str, RankPlacement]] = [(r.rank, r) for r in ranks]
+        named += [(f"s{r.rank}", r) for r in spares]
+        for name, rank in named:
             for node, count in zip(rank.nodes, rank.devices, strict=True):
-                held.setdefault(node, []).append((rank.rank, count))
+                held.setdefault(node, []).append((name, count))
                 devices[node] = devices.get(node, 0) + count
             planned_cpus[rank.control] = planned_cpus.get(rank.control, 0.0) + cpus
         return cls(held, devices, planned_cpus)
@@ -253,14 +261,24 @@ class Plan:
     skipped: tuple[Skip, ...]
     warnings: tuple[str, ...]
     fingerprint: str
+    spares: tuple[RankPlacement, ...] = ()  # reservations shaped like a rank; `rank` numbers them from 0
 
     def bundles(self, rank: RankPlacement) -> tuple[Bundle, ...]:
         """A rank's placement-group bundles under this plan's device, control-bundle CPUs and layout."""
         return rank.bundles(self.spec.device, self.spec.cpus, self.spec.bundles)
 
     def usage(self) -> Usage:
-        """What the plan puts on each node (derived from its ranks)."""
-        return Usage.of(self.ranks, self.spec.cpus)
+        """What the plan puts on each node (derived from its ranks and spares)."""
+        return Usage.of(self.ranks, self.spec.cpus, self.spares)
+
+    def whole(self) -> Plan:
+        """The plan with its spares as ranks dp..dp+K-1 (how they were planned): for checks that hold both."""
+        if not self.spares:
+            return self
+        dp = self.spec.dp
+        spares = tuple(replace(r, rank=dp + r.rank) for r in self.spares)
+        spec = replace(self.spec, dp=dp + len(spares), spares=0)
+        return replace(self, spec=spec, ranks=(*self.ranks, *spares), spares=())
 
 
 class InfeasibleCode(str, Enum):

@@ -16,6 +16,7 @@ from dpctl_ray.planner.labels import LabelError, LabelMatch, check_key, value_of
 from dpctl_ray.planner.model import (
     LAYOUTS,
     PACKS,
+    SPARES_MODES,
     Infeasible,
     InfeasibleCode,
     Layout,
@@ -72,9 +73,36 @@ def plan(request: PlanRequest) -> Plan | Infeasible:
     candidates, skipped, warnings = filter_nodes(ordered, spec, request.spelled)
     warnings += missing_label_warnings(candidates, spec, request.spelled)
     fingerprint = cluster_fingerprint(request.nodes, spec.device, spec.bundles or "per_node", spec.labels)
+    if spec.spares:
+        return _with_spares(request, ordered, candidates, skipped, warnings, fingerprint)
     if spec.within is not None:
         return _plan_within(request, spec.within, ordered, candidates, skipped, warnings, fingerprint)
     return _plan_on(request, ordered, candidates, skipped, warnings, fingerprint)
+
+
+def _with_spares(
+    request: PlanRequest,
+    ordered: list[Node],
+    candidates: list[Node],
+    skipped: list[Skip],
+    warnings: list[str],
+    fingerprint: str,
+) -> Plan | Infeasible:
+    """Spares are planned as ranks dp..dp+K-1 by every rule of the spec, then set apart and numbered from 0.
+
+    No room for a spare is infeasible like no room for a rank (its number is at least dp).
+    """
+    spec = request.spec
+    whole = dataclasses.replace(request, spec=dataclasses.replace(spec, dp=spec.dp + spec.spares, spares=0))
+    if spec.within is not None:
+        result = _plan_within(whole, spec.within, ordered, candidates, skipped, warnings, fingerprint)
+    else:
+        result = _plan_on(whole, ordered, candidates, skipped, warnings, fingerprint)
+    if isinstance(result, Infeasible):
+        return dataclasses.replace(result, spec=spec)
+    spares = tuple(dataclasses.replace(r, rank=r.rank - spec.dp) for r in result.ranks[spec.dp :])
+    resolved = dataclasses.replace(result.spec, dp=spec.dp, spares=spec.spares)
+    return dataclasses.replace(result, spec=resolved, ranks=result.ranks[: spec.dp], spares=spares)
 
 
 def _plan_on(
@@ -206,6 +234,13 @@ def check_spec(spec: Placement, spelled: Mapping[str, str] | None = None) -> Non
             raise SpecError(f"{key(name)}: must be a positive integer of at most {maximum:,}, got {show(value)}")
 
     count("dp", spec.dp, MAX_RANKS)
+    spares = spec.spares
+    if not isinstance(spares, int) or isinstance(spares, bool) or not 0 <= spares <= MAX_RANKS - spec.dp:
+        raise SpecError(
+            f"{key('spares')}: must be an integer >= 0 with dp + spares at most {MAX_RANKS:,}, got {show(spares)}"
+        )
+    if spec.spares_mode not in SPARES_MODES:
+        raise SpecError(f"{key('spares_mode')}: must be one of {', '.join(SPARES_MODES)}, got {show(spec.spares_mode)}")
     count("tp", spec.tp, MAX_WORLD_SIZE)
     count("pp", spec.pp, MAX_WORLD_SIZE)
     if spec.world_size > MAX_WORLD_SIZE:
@@ -213,10 +248,10 @@ def check_spec(spec: Placement, spelled: Mapping[str, str] | None = None) -> Non
             f"{key('tp')} x {key('pp')}: a rank of {spec.world_size:,} devices; dpctl plans at most "
             f"{MAX_WORLD_SIZE:,} per rank"
         )
-    if spec.dp * spec.world_size > MAX_DEVICES:
+    if (spec.dp + spares) * spec.world_size > MAX_DEVICES:
         raise SpecError(
-            f"{key('dp')} x {key('tp')} x {key('pp')}: {spec.dp * spec.world_size:,} devices; dpctl plans at most "
-            f"{MAX_DEVICES:,} in one deployment"
+            f"{key('dp')} x {key('tp')} x {key('pp')}: {(spec.dp + spares) * spec.world_size:,} devices"
+            f"{' with the spares' if spares else ''}; dpctl plans at most {MAX_DEVICES:,} in one deployment"
         )
     if spec.dp_local is not None:
         count("dp_local", spec.dp_local, MAX_RANKS)

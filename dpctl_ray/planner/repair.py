@@ -7,6 +7,9 @@ there counts as free: its placement group is replaced), else onto free capacity 
 order, master first. strict and fill ranks take one node; a span rank takes whole nodes with as many free
 devices as each of its nodes had, none of them used by a healthy rank. A moved rank's local rank is the
 lowest one free on its new node. The same inputs always give the same result.
+
+Spares (`placement.spares`) come before free capacity: a lost rank that cannot go back where it was takes
+the first spare whose nodes are alive, exactly where the spare is. A spare whose node is gone is dropped.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Move:
     cause: str
     before: RankPlacement
     after: RankPlacement
+    spare: int | None = None  # the spare it took (its reservation becomes the rank's)
 
     @property
     def in_place(self) -> bool:
@@ -44,6 +48,7 @@ class RepairPlan:
     name: str
     plan: Plan
     moves: tuple[Move, ...]
+    dropped: tuple[int, ...] = ()  # spares whose nodes are gone
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -73,9 +78,19 @@ def repair(current: Plan, nodes: tuple[Node, ...], lost: Mapping[int, str]) -> R
         local.setdefault(r.control, set()).add(r.local_rank)
     counts = spread_counts(healthy, nodes, spec.spread)
     labels = {n.id: n.labels for n in nodes}
+    alive = {n.id for n in nodes}
+    spares = [s for s in current.spares if alive.issuperset(s.nodes)]
+    dropped = tuple(s.rank for s in current.spares if not alive.issuperset(s.nodes))
+    busy.update(n for s in spares for n in s.nodes)  # span: a spare's nodes are no free whole nodes either
     moves: list[Move] = []
     for old in lost_ranks:
-        new = _place(old, order, run, busy, local, counts)
+        spare = None
+        new = _back(old, order, run, busy, local)
+        if new is None and spares:
+            spare = spares.pop(0)
+            new = _onto(old, spare, local)
+        if new is None:
+            new = _place(old, order, run, busy, local, counts)
         if new is None:
             best = run.ledger.best_offer(order)
             return run.infeasible(InfeasibleCode.INSUFFICIENT, best, rank=old.rank, master=master or None)
@@ -83,7 +98,7 @@ def repair(current: Plan, nodes: tuple[Node, ...], lost: Mapping[int, str]) -> R
         local.setdefault(new.control, set()).add(new.local_rank)
         if spec.spread is not None:
             counts[value_of(labels.get(new.control, {}), spec.spread)] += 1
-        moves.append(Move(old.rank, lost[old.rank], old, new))
+        moves.append(Move(old.rank, lost[old.rank], old, new, spare.rank if spare else None))
     placed = {m.rank: m.after for m in moves}
     after = dataclasses.replace(
         current,
@@ -92,8 +107,9 @@ def repair(current: Plan, nodes: tuple[Node, ...], lost: Mapping[int, str]) -> R
         skipped=tuple(skipped),
         warnings=tuple(warnings),
         fingerprint=fingerprint,
+        spares=tuple(spares),
     )
-    return RepairPlan(current.name, after, tuple(moves))
+    return RepairPlan(current.name, after, tuple(moves), dropped)
 
 
 def _credited(nodes: tuple[Node, ...], lost: list[RankPlacement], device: str, cpus: float) -> list[Node]:
@@ -119,18 +135,10 @@ def _credited(nodes: tuple[Node, ...], lost: list[RankPlacement], device: str, c
     return out
 
 
-def _place(
-    old: RankPlacement,
-    order: list[Node],
-    run: Planning,
-    busy: set[str],
-    local: dict[str, set[int]],
-    counts: Counter[str],
+def _back(
+    old: RankPlacement, order: list[Node], run: Planning, busy: set[str], local: dict[str, set[int]]
 ) -> RankPlacement | None:
-    """One lost rank: back where it was if that still fits, else the first place with room.
-
-    Under `spread` the first place with room is looked for in the values holding the fewest ranks first.
-    """
+    """The lost rank where it was, if its nodes are alive and still hold it (nothing moves: no spare is spent)."""
     spec = run.request.spec
     ledger = run.ledger
     by_id = {n.id: n for n in order}
@@ -139,14 +147,6 @@ def _place(
         if home is not None and ledger.ranks_fit(home) >= 1 and old.local_rank not in local.get(home.id, set()):
             ledger.take(home, 1)
             return old
-        label = spec.spread
-        ranked = order if label is None else sorted(order, key=lambda n: counts[value_of(n.labels, label)])
-        for node in ranked:
-            if ledger.ranks_fit(node) >= 1:
-                ledger.take(node, 1)
-                taken = local.get(node.id, set())
-                local_rank = next(i for i in range(len(taken) + 1) if i not in taken)
-                return RankPlacement(old.rank, local_rank, old.strategy, (node.id,), old.devices, node.id)
         return None
     per_node = old.devices[0]
     own = [by_id[n] for n in old.nodes if n in by_id]
@@ -157,6 +157,43 @@ def _place(
                 ledger.take_devices(node, per_node)
             ledger.take_cpus(control, spec.cpus)
             return old
+    return None
+
+
+def _onto(old: RankPlacement, spare: RankPlacement, local: dict[str, set[int]]) -> RankPlacement:
+    """The lost rank on a spare's nodes and devices (the spare's reservation is already its own)."""
+    local_rank = _free_local(local, spare.control) if len(spare.nodes) == 1 else 0
+    return dataclasses.replace(spare, rank=old.rank, local_rank=local_rank)
+
+
+def _free_local(local: dict[str, set[int]], node: str) -> int:
+    """The lowest local rank no rank holds on the node."""
+    taken = local.get(node, set())
+    return next(i for i in range(len(taken) + 1) if i not in taken)
+
+
+def _place(
+    old: RankPlacement,
+    order: list[Node],
+    run: Planning,
+    busy: set[str],
+    local: dict[str, set[int]],
+    counts: Counter[str],
+) -> RankPlacement | None:
+    """The lost rank on the first place with room; under `spread`, in the values holding the fewest ranks first."""
+    spec = run.request.spec
+    ledger = run.ledger
+    if spec.pack != "span":
+        label = spec.spread
+        ranked = order if label is None else sorted(order, key=lambda n: counts[value_of(n.labels, label)])
+        for node in ranked:
+            if ledger.ranks_fit(node) >= 1:
+                ledger.take(node, 1)
+                return RankPlacement(
+                    old.rank, _free_local(local, node.id), old.strategy, (node.id,), old.devices, node.id
+                )
+        return None
+    per_node = old.devices[0]
     fresh = [n for n in order if n.id not in busy]
     placed = span_ranks(fresh, per_node, spec, ledger, run.skipped, first_rank=old.rank, count=1, spread_counts=counts)
     if not placed:

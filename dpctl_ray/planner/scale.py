@@ -6,6 +6,9 @@ visited in the planner's order, master first; a node that hosts fewer than dp_lo
 deployment (after an earlier shrink, or the last node of strict) is topped up before new nodes are
 used, and local ranks continue from the ranks already there. Shrinking removes the highest ranks, so the
 survivors stay 0..dp-1 and none of them moves.
+
+Growing takes spares first (`placement.spares`), in order: a spare becomes the next rank where it is, with
+the lowest local rank free on its node; only the ranks beyond the spares are placed on free capacity.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class ScalePlan:
     plan: Plan
     added: tuple[RankPlacement, ...]
     removed: tuple[int, ...]
+    promoted: tuple[tuple[int, int], ...] = ()  # (rank, the spare it takes) for added ranks that take a spare
 
     @property
     def after(self) -> int:
@@ -54,6 +58,11 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
         )
         return ScalePlan(current.name, before, after, (), tuple(r.rank for r in current.ranks[dp:]))
     grown = dataclasses.replace(spec, dp=dp)
+    promoted = _promote(current, dp)
+    current = dataclasses.replace(
+        current, ranks=(*current.ranks, *(r for r, _ in promoted)), spares=current.spares[len(promoted) :]
+    )
+    before_spares, before = before, len(current.ranks)
     candidates, skipped, warnings = filter_nodes(ordered, grown, within_value=spec.within_value)
     counts = spread_counts(current.ranks, nodes, spec.spread)
     run = Planning(PlanRequest(current.name, grown, nodes), Ledger.of(candidates, grown), skipped, fingerprint)
@@ -100,5 +109,36 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
         skipped=tuple(skipped),
         warnings=tuple(warnings),
         fingerprint=fingerprint,
+        spares=current.spares,
     )
-    return ScalePlan(current.name, before, after, tuple(added), ())
+    took = tuple((r.rank, s) for r, s in promoted)
+    return ScalePlan(current.name, before_spares, after, (*(r for r, _ in promoted), *added), (), took)
+
+
+def _promote(current: Plan, dp: int) -> list[tuple[RankPlacement, int]]:
+    """The spares that become ranks len(ranks).. when growing to dp, each with the rank it becomes."""
+    local: dict[str, set[int]] = {}
+    for r in current.ranks:
+        local.setdefault(r.control, set()).add(r.local_rank)
+    out = []
+    for number, spare in zip(range(len(current.ranks), dp), current.spares, strict=False):
+        taken = local.setdefault(spare.control, set())
+        local_rank = next(i for i in range(len(taken) + 1) if i not in taken) if len(spare.nodes) == 1 else 0
+        taken.add(local_rank)
+        out.append((dataclasses.replace(spare, rank=number, local_rank=local_rank), spare.rank))
+    return out
+
+
+def more_spares(current: Plan, nodes: tuple[Node, ...], count: int) -> tuple[RankPlacement, ...]:
+    """Up to `count` new spares on what `nodes` have free, by the spec's rules, as many as fit.
+
+    They are planned as the ranks after the ranks and spares there are, and take the lowest free spare numbers.
+    """
+    whole = current.whole()
+    taken = {s.rank for s in current.spares}
+    numbers = [n for n in range(len(taken) + count) if n not in taken]
+    for n in range(count, 0, -1):
+        result = scale(whole, nodes, len(whole.ranks) + n)
+        if isinstance(result, ScalePlan):
+            return tuple(dataclasses.replace(r, rank=k) for r, k in zip(result.added, numbers, strict=False))
+    return ()

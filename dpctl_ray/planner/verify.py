@@ -8,6 +8,7 @@ raises PlanFileError naming the first violation.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
@@ -23,7 +24,23 @@ class PlanFileError(BadInput):
 
 
 def check_plan(plan: Plan) -> None:
-    """The plan obeys the rules of its spec (ranks, strategies, nodes, local ranks, dp_local)."""
+    """The plan obeys the rules of its spec (ranks, strategies, nodes, local ranks, dp_local).
+
+    Spares obey the rules of ranks dp..dp+K-1, as they were planned; an error names a spare as `spares[i]`.
+    """
+    try:
+        _check_ranks(plan.whole())
+    except PlanFileError as exc:
+        exc.message = _spares_named(exc.message, plan.spec.dp)
+        raise
+
+
+def _spares_named(message: str, dp: int) -> str:
+    """`ranks[dp + i]` in a message about the whole plan is `spares[i]` in the file."""
+    return re.sub(r"ranks\[(\d+)\]", lambda m: m[0] if int(m[1]) < dp else f"spares[{int(m[1]) - dp}]", message)
+
+
+def _check_ranks(plan: Plan) -> None:
     spec = plan.spec
     known = {n.id for n in plan.nodes}
     if spec.master not in known:
@@ -95,7 +112,8 @@ def _check_labels(plan: Plan) -> None:
 
 
 def check_fits(plan: Plan, nodes: Iterable[Node]) -> None:
-    """Every node the plan uses is in the cluster now, with the devices and CPUs the plan puts on it free."""
+    """Every node the plan uses is in the cluster now, with what the plan (ranks and spares) puts on it free."""
+    plan = plan.whole()
     spec = plan.spec
     now = {n.id: n for n in nodes}
     need: dict[str, Counter[str]] = defaultdict(Counter)

@@ -1,0 +1,211 @@
+"""Spares (`placement.spares: K`): placement groups shaped like a rank, reserved beside a deployment's ranks.
+
+A spare holds a rank's devices and control CPUs on the nodes the planner chose for it, under the name
+`dpctl/<name>/spare-<n>`, so `down` and a sweep find it. Repair and scale-up take a spare before free
+capacity: its group is removed and the rank's group created on exactly those bundles at once, so the rank
+does not wait for room another job could have taken. Afterwards the deployment is topped up to K spares
+where there is room (fewer, with a warning, where there is not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+from ray.util.placement_group import PlacementGroup
+
+from dpctl_ray.engines.spec import EngineSpec
+from dpctl_ray.engines.work import HostSpec
+from dpctl_ray.errors import InfeasibleError, LaunchFailed, TimedOut
+from dpctl_ray.launcher import objects
+from dpctl_ray.launcher.nodes import snapshot
+from dpctl_ray.launcher.progress import Observer
+from dpctl_ray.launcher.records import ObjectKind, RankRecord, Record, object_name, prefix
+from dpctl_ray.planner.model import Plan, RankPlacement
+from dpctl_ray.planner.scale import more_spares
+
+CHECK_SECONDS = 0.5  # how often a pending spare is asked whether Ray found it infeasible
+BECOME_TIMEOUT = 10.0  # seconds a started spare's hosts get to take a rank's identity
+
+
+@dataclass(frozen=True, slots=True)
+class Hosts:
+    """What a started spare's hosts need: the engine (log dir, base port) and each new host's runtime_env."""
+
+    engine: EngineSpec
+    runtime_env: dict[str, Any] | None
+
+
+def reserve(
+    plan: Plan, spares: Sequence[RankPlacement], timeout: float, hosts: Hosts | None = None, *, wait: bool = True
+) -> list[PlacementGroup]:
+    """Create the spares' groups and wait until Ray holds them all; on any failure remove them and raise.
+
+    With `hosts` (spares_mode: started) each spare's engine hosts are started in its group, idle; `wait`
+    also waits for them to answer (a later top-up does not: the repair that made room is done by then).
+    """
+    spec = plan.spec
+    labels = {n.id: n.labels for n in plan.nodes} if spec.labels else {}
+    groups: list[PlacementGroup] = []
+    actors: list[Any] = []
+    try:
+        groups += (objects.create_group(plan.name, s, plan.bundles(s), spec, labels, ObjectKind.SPARE) for s in spares)
+        if hosts is not None:
+            actors += (
+                objects.create_host(
+                    plan.name,
+                    spare,
+                    k,
+                    _host_spec(plan, spare, k, hosts.engine),
+                    group,
+                    spec.cpus,
+                    hosts.runtime_env,
+                    stem=f"{ObjectKind.SPARE.value}-{spare.rank}",
+                )
+                for spare, group in zip(spares, groups, strict=True)
+                for k in range(len(spare.nodes))
+            )
+        _wait(dict(zip(groups, (s.rank for s in spares), strict=True)), timeout)
+        if actors and wait:
+            ray.get([a.info.remote() for a in actors], timeout=timeout)
+    except BaseException as exc:
+        objects.remove(groups, actors)
+        if isinstance(exc, RayError):
+            raise LaunchFailed(
+                f"spares: their engine hosts did not start: {type(exc).__name__}: {exc}".splitlines()[0],
+                hint="`dpctl logs` and the Ray logs of the node say why; spares_mode: reserved holds no hosts",
+                code="spare_failed",
+            ) from None
+        raise
+    return groups
+
+
+def _host_spec(plan: Plan, spare: RankPlacement, k: int, engine: EngineSpec) -> HostSpec:
+    spec = plan.spec
+    return HostSpec(
+        deployment=plan.name,
+        token="",
+        stream=None,
+        rank=spare.rank,
+        node_index=k,
+        local_rank=spare.local_rank,
+        device=spec.device,
+        layout=spec.bundles,
+        device_bundles=objects.device_bundles(spare, k),
+        log_dir=engine.log_dir,
+        base_port=engine.base_port,
+        spare=spare.rank,
+    )
+
+
+def _wait(groups: dict[PlacementGroup, int], timeout: float) -> None:
+    """Until Ray holds every group (group -> spare number); infeasible or past the deadline raises."""
+    pending = {g.ready(): (g, n) for g, n in groups.items()}
+    deadline = time.monotonic() + timeout
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=CHECK_SECONDS)
+        for ref in done:
+            pending.pop(ref)
+        waiting = ", ".join(str(n) for _, n in sorted(pending.values(), key=lambda p: p[1]))
+        if any(objects.group_infeasible(g) for g, _ in pending.values()):
+            raise InfeasibleError(
+                f"spares {waiting}: Ray cannot place them where planned (a node is gone or lacks the resources now)",
+                hint="run `dpctl plan` to see what fits now, or lower placement.spares",
+                code="spare_infeasible",
+            )
+        if pending and time.monotonic() > deadline:
+            raise TimedOut(
+                f"placement timed out after {timeout:g}s: spares {waiting} still wait for resources",
+                hint="raise timeouts.placement, free the devices, or lower placement.spares",
+                code="placement_timeout",
+            )
+
+
+def release(deployment: str, numbers: Iterable[int]) -> None:
+    """Remove these spares' groups (taken by a rank, or lost with their node)."""
+    wanted = {object_name(deployment, ObjectKind.SPARE, n) for n in numbers}
+    if not wanted:
+        return
+    found = objects.live_groups(f"{prefix(deployment)}{ObjectKind.SPARE.value}-")
+    objects.remove([g for name, g in found.items() if name in wanted], [])
+
+
+def reserved(deployment: str) -> set[int]:
+    """The numbers of the deployment's spare groups that exist."""
+    start = f"{prefix(deployment)}{ObjectKind.SPARE.value}-"
+    return {int(name.removeprefix(start)) for name in objects.live_groups(start) if name.removeprefix(start).isdigit()}
+
+
+def records_of(plan: Plan, spares: Sequence[RankPlacement]) -> list[RankRecord]:
+    """The record entries of reserved spares."""
+    ips = {n.id: n.ip for n in plan.nodes}
+    return [RankRecord.planned(s, ips.get(s.control, "")) for s in spares]
+
+
+def top_up(record: Record, timeout: float, observer: Observer, hosts: Hosts | None = None) -> None:
+    """Reserve spares again up to the deployment's `placement.spares` where there is room; warn for the rest.
+
+    With `hosts` their engine hosts start too (not waited for). The record is updated in place (the caller
+    saves it).
+    """
+    want = record.request.spares - len(record.spares)
+    if want <= 0:
+        return
+    nodes = snapshot()
+    current = record.plan()
+    # Spare numbers name objects: not one a spare or a rank running on a former spare's objects still uses.
+    used = {s.rank for s in record.spares} | {int(s.rsplit("-", 1)[1]) for s in stems(record).values()}
+    free = (n for n in itertools.count() if n not in used)
+    added = tuple(dataclasses.replace(s, rank=next(free)) for s in more_spares(current, nodes, want))
+    if added:
+        located = Plan(current.name, current.spec, current.ranks, nodes, (), (), "", current.spares)
+        try:
+            reserve(located, added, timeout, hosts, wait=False)
+        except (InfeasibleError, TimedOut, LaunchFailed) as exc:
+            observer.warn(f"{record.name}: spares not reserved again: {exc.message}")
+            added = ()
+        record.spares = sorted([*record.spares, *records_of(located, added)], key=lambda r: r.rank)
+        if added:
+            observer.note(
+                f"{record.name}: reserved spare{'s' if len(added) > 1 else ''} {', '.join(str(s.rank) for s in added)}"
+            )
+    short = record.request.spares - len(record.spares)
+    if short > 0:
+        observer.warn(
+            f"{record.name}: {len(record.spares)} of {record.request.spares} spares reserved: no room for "
+            f"{short} more; `dpctl up` tries again"
+        )
+
+
+def take_over(record: Record, promoted: Mapping[int, tuple[int, RankPlacement]]) -> dict[int, str]:
+    """Started spares whose hosts become the ranks that take them (rank -> (spare, the rank's placement)).
+
+    Each of the spare's hosts is told its rank; the rank then runs on them, under the spare's names. Returns
+    rank -> stem (`spare-N`) for those taken over; a spare whose hosts are gone (or reserved-only) is not.
+    """
+    if record.spec.spares_mode != "started":
+        return {}
+    out = {}
+    for rank, (spare, placement) in sorted(promoted.items()):
+        stem = f"{ObjectKind.SPARE.value}-{spare}"
+        found = [objects.find_host(record.name, placement, k, stem) for k in range(len(placement.nodes))]
+        hosts = [h for h in found if h is not None]
+        if len(hosts) < len(found):
+            continue
+        try:
+            ray.get([h.become.remote(rank, placement.local_rank) for h in hosts], timeout=BECOME_TIMEOUT)
+        except RayError:
+            continue
+        out[rank] = stem
+    return out
+
+
+def stems(record: Record) -> dict[int, str]:
+    """The ranks that run on a started spare's objects, and its stem."""
+    return {r.rank: r.stem for r in record.ranks if r.stem}
