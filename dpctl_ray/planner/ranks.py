@@ -148,7 +148,16 @@ def _spread_packed(
         # fewest ranks (ties as above) takes what is left, whether it came up short before or not.
         left = [(v, n) for _, _, v in sorted(heap) for n in queues[v]]
         rest = sorted([*left, *((v, n) for v, n, _ in short)], key=lambda p: (placed[p[0]], p[0] != first_value, p[0]))
-        last = next((p for p in rest if ledger.ranks_fit(p[1]) >= remaining and p[1].id not in given), None)
+        last = next(
+            (
+                p
+                for p in rest
+                if ledger.ranks_fit(p[1]) >= remaining
+                and p[1].id not in given
+                and hosted.get(p[1].id, 0) + remaining <= dp_local  # a scale-up: a node holds dp_local at most
+            ),
+            None,
+        )
         if last is not None:
             value, node = last
             ledger.take(node, remaining)
