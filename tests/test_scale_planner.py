@@ -194,3 +194,17 @@ def test_shrinking_keeps_the_spares() -> None:
     nodes = gpu_nodes(3)
     current = start(nodes, dp=2, tp=4, spares=1)
     assert step(nodes, current, 1).plan.spares == current.spares
+
+
+def test_growth_under_spread_and_strict_never_puts_more_than_dp_local_on_a_node() -> None:
+    """Found by the spares property: the last, partial node of a strict scale-up under spread could be the
+    master, already holding its dp_local ranks."""
+    nodes = tuple(
+        Node(f"n{i}", f"10.0.0.{i}", False, {"CPU": 64.0, "GPU": gpus}, {"CPU": 64.0, "GPU": gpus}, {"zone": zone})
+        for i, (gpus, zone) in enumerate([(1.0, "a")] * 5 + [(2.0, "a"), (4.0, "b")])
+    )
+    current = start(nodes, dp=3, tp=1, cpus=0.5, spread="zone")
+    assert layout(current) == ["0 0 n6", "1 1 n6", "2 0 n0"]
+    grown = step(nodes, current, 6)
+    assert Counter(r.control for r in grown.plan.ranks)["n6"] == 2
+    assert layout(grown.plan)[3:] == ["3 0 n5", "4 1 n5", "5 0 n1"]
