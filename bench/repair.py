@@ -17,6 +17,10 @@ from the kill until `dpctl status` shows the rank READY on another node.
 
 Both sides land on a warm node: the floor script runs once untimed on each new node (and on the free worker
 before the first round), as a node's first Ray worker is slower.
+
+Last, a dp 1 deployment with a started spare (`--spares 1 --spares-mode started`): each round a node is
+added (untimed, room for the next spare), the rank's worker killed, and `dpctl repair` timed as a whole
+process from the kill; its own report gives the time from finding the rank lost to READY on the spare.
 """
 
 from __future__ import annotations
@@ -82,6 +86,29 @@ def auto_rounds(env: dict[str, str], config: Path, runs: int) -> list[float]:
     return times
 
 
+def spare_rounds(env: dict[str, str], runs: int) -> tuple[list[float], list[float]]:
+    """A started spare takes the lost rank over: `dpctl repair` from the kill, and from detection (its report)."""
+    dpctl(env, "up", "--name", "warm", "--dp", "1", "--tp", "2", "--spares", "1", "--spares-mode", "started")
+    wholes, after = [], []
+    for _ in range(runs):
+        dpctl(env, "cluster", "add-node")  # room for the spare that replaces the one taken
+        deployment = json.loads(dpctl(env, "status", "warm", "-o", "json").stdout)["deployments"][0]
+        if [s["state"] for s in deployment["spares"]] != ["started"]:
+            sys.exit(f"the spare is not started: {deployment['spares']}")
+        nodes = json.loads(dpctl(env, "cluster", "status", "-o", "json").stdout)["nodes"]
+        dpctl(env, "cluster", "kill-node", next(n["name"] for n in nodes if n["ip"] == deployment["ranks"][0]["ip"]))
+        start = time.perf_counter()
+        report = dpctl(env, "repair", "warm").stderr
+        wholes.append(time.perf_counter() - start)
+        took = re.search(r"repaired 1 rank in ([0-9.]+)s from finding it lost \(0 -> \S+ \(spare \d+\)\)", report)
+        if took is None:
+            sys.exit(f"the repair did not take the spare: {report}")
+        after.append(float(took.group(1)))
+        time.sleep(2)  # the next spare's hosts start in the background
+    dpctl(env, "down", "warm")
+    return wholes, after
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -128,6 +155,7 @@ def main() -> None:
             floors.append(time.perf_counter() - start)
         autos = auto_rounds(env, config, args.runs)
         dpctl(env, "down", "heal")
+        spares, spares_after = spare_rounds(env, args.runs)
     finally:
         cluster_down(env)
     ratios = [r / f for r, f in zip(repairs, floors, strict=True)]
@@ -138,6 +166,8 @@ def main() -> None:
         ("`dpctl repair` of one rank, from the node's death", repairs),
         ("bare Ray, one rank", floors),
         ("`recovery: auto`, no command: from the node's death to READY in `status`", autos),
+        ("`dpctl repair` onto a started spare, from the node's death", spares),
+        ("the same, from finding the rank lost to READY (target < 1 s)", spares_after),
     ):
         print(f"| {label} | {statistics.median(values):.2f} s | {min(values):.2f} - {max(values):.2f} s |")
     print(f"| ratio (median of per-round ratios) | **{statistics.median(ratios):.2f}x** (target 1.2x + detection) | |")

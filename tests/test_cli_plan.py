@@ -384,3 +384,40 @@ def test_offline_plan_never_imports_ray() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert json.loads(proc.stdout)["version"] == 1
     assert proc.stderr == "[]"
+
+
+def test_spares_show_after_the_ranks_and_in_the_documents(cli: Invoke) -> None:
+    """Spares are rows after the ranks, `sN` in the device map, a `spares` list in JSON; a plan file keeps them."""
+    result = cli("plan", "--inventory", RACKS, "--dp", "3", "--tp", "8", "--spares", "1", "--spares-mode", "started")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "spares: 1 (started: idle engine hosts in each); repair and scale-up take them first" in out
+    assert ["spare", "0", "0", "gpu-d", "10.0.0.5", "8", "GPU", "STRICT_PACK"] in [
+        line.split() for line in out.splitlines()
+    ]
+    assert "s0 s0 s0 s0 s0 s0 s0 s0" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    doc = json.loads(cli("plan", "--inventory", RACKS, "--dp", "3", "--tp", "8", "--spares", "1", "-o", "json").stdout)
+    assert doc["spec"]["spares"] == 1
+    assert [(s["spare"], s["nodes"]) for s in doc["spares"]] == [(0, ["gpu-d"])]
+    assert plan_from_document(doc).spares[0].nodes == ("gpu-d",)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--spares", "-1"), "--spares: must be an integer >= 0, got -1"),
+        (("--spares", "two"), "--spares: must be an integer >= 0"),
+        (("--spares-mode", "hot"), "--spares-mode: must be one of reserved, started"),
+    ],
+)
+def test_bad_spares_are_exit_2_naming_the_flag(cli: Invoke, args: tuple[str, ...], fragment: str) -> None:
+    result = cli("plan", "--inventory", RACKS, "--dp", "1", *args)
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result.stderr, fragment)
+
+
+def test_no_room_for_a_spare_is_exit_3_naming_it(cli: Invoke) -> None:
+    result = cli("plan", "--inventory", RACKS, "--dp", "4", "--tp", "8", "--spares", "1")
+    assert result.exit_code == 3, result.output
+    assert_one_error_line(result.stderr, "cannot place spare 0 of 1")

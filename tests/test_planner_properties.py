@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dpctl_ray.planner import Infeasible, Node, Placement, Plan, PlanRequest, plan
 from dpctl_ray.planner.document import dumps, plan_from_document, plan_json, plan_to_document
 from dpctl_ray.planner.model import units
+from dpctl_ray.planner.verify import check_fits
 from tests.strategies import labelled_requests, requests, roomy_requests
 
 # Some drawn requests are infeasible and filtered out by assume(); that is expected, not a health problem.
@@ -273,3 +274,19 @@ def test_labelled_plans_round_trip_and_verify(request: PlanRequest) -> None:
     assert back.spec == result.spec
     assert back.ranks == result.ranks
     assert back.fingerprint == result.fingerprint
+
+
+@given(st.one_of(requests(), roomy_requests(), labelled_requests()), st.integers(1, 4))
+def test_spares_never_move_the_ranks_and_fit_beside_them(request: PlanRequest, spares: int) -> None:
+    """With spares the ranks are exactly the plan without them; ranks and spares together overcommit no node,
+    obey the spec's rules as ranks dp.. would, and survive a plan file."""
+    alone = feasible(request)
+    result = plan(dataclasses.replace(request, spec=dataclasses.replace(request.spec, spares=spares)))
+    assume(isinstance(result, Plan))
+    assert isinstance(result, Plan)
+    assert result.ranks == alone.ranks
+    assert result.spec == dataclasses.replace(alone.spec, spares=spares)
+    assert [s.rank for s in result.spares] == list(range(spares))
+    check_fits(result, request.nodes)  # every node holds what ranks and spares put on it together
+    back = plan_from_document(json.loads(dumps(plan_to_document(result))))  # check_plan: the rules, spares too
+    assert back.spares == result.spares

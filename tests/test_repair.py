@@ -7,7 +7,9 @@ A rank is TP 2 (one worker each); the third worker is the free capacity a lost r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from dpctl_ray.launcher import local
-from tests.conftest import dpctl, leftovers
+from tests.conftest import dpctl
 
 pytestmark = pytest.mark.ray
 
@@ -214,13 +216,44 @@ def test_recovery_auto_heals_with_no_command_running_and_stops_when_its_budget_i
     assert json.loads(run(home, "status", "-o", "json").stdout)["deployments"] == []
 
 
-def live_groups(home: Path, name: str) -> list[str]:
-    """The deployment's placement groups Ray holds (not removed), as `group NAME (STATE)`."""
+LEFT = """
+import json, sys, ray
+from ray.util.placement_group import placement_group_table
+ray.init(address=sys.argv[1], namespace="dpctl", logging_level="ERROR", log_to_driver=False)
+prefix = f"dpctl/{sys.argv[2]}/"
+groups = [f"group {g['name']} ({g['state']})" for g in placement_group_table().values()
+          if g["name"].startswith(prefix) and g["state"] != "REMOVED"]
+actors = [f"actor {a['name']}" for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+print(json.dumps(sorted(groups) + sorted(actors)))
+"""
+
+
+def objects_of(home: Path, name: str) -> list[str]:
+    """The deployment's placement groups (not removed) and named actors in this module's cluster.
+
+    Asked from a process of its own: Ray keeps the first auth token a process loads, and this test process
+    has the session cluster's.
+    """
     state = local.load_state_at(home)
     assert state is not None
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_TOKEN_PATH", str(home / "auth_token"))
-        return sorted(item for item in leftovers(state, name, wait=0) if item.startswith("group "))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(home / "auth_token")}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", LEFT, state.address, name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    found: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
+def assert_gone(home: Path, name: str) -> None:
+    """Nothing of the deployment is left in Ray (actor names are released a moment after the kill)."""
+    wait_until(lambda: objects_of(home, name) == [], 15, f"nothing left of {name}", lambda: objects_of(home, name))
 
 
 def test_a_spare_is_promoted_on_repair_and_on_scale_up_and_reserved_again(home: Path) -> None:
@@ -235,7 +268,11 @@ def test_a_spare_is_promoted_on_repair_and_on_scale_up_and_reserved_again(home: 
         assert held["state"] == "reserved"
         assert held["ip"] != first["ranks"][0]["ip"]
         assert "spares: 0 reserved on" in run(home, "status", "spare").stdout
-        assert live_groups(home, "spare") == ["group dpctl/spare/pg-0 (CREATED)", "group dpctl/spare/spare-0 (CREATED)"]
+        assert objects_of(home, "spare") == [
+            "group dpctl/spare/pg-0 (CREATED)",
+            "group dpctl/spare/spare-0 (CREATED)",
+            "actor dpctl/spare/engine-0",
+        ]
 
         # The rank's node dies: repair puts it on the spare, then reserves a spare again on the free worker.
         assert run(home, "cluster", "kill-node", worker_at(home, first["ranks"][0]["ip"])).returncode == 0
@@ -264,7 +301,12 @@ def test_a_spare_is_promoted_on_repair_and_on_scale_up_and_reserved_again(home: 
     finally:
         down = run(home, "down", "spare")
         assert down.returncode == 0, down.stderr
-    assert live_groups(home, "spare") == []  # down leaves no spare
+    wait_until(
+        lambda: objects_of(home, "spare") == [],
+        timeout=15,
+        what="down leaving no spare",
+        last=lambda: objects_of(home, "spare"),
+    )
 
 
 def test_a_started_spare_becomes_the_lost_rank_without_a_new_placement(home: Path) -> None:
@@ -292,8 +334,9 @@ def test_a_started_spare_becomes_the_lost_rank_without_a_new_placement(home: Pat
     finally:
         down = run(home, "down", "warm")
         assert down.returncode == 0, down.stderr
-    state = local.load_state_at(home)
-    assert state is not None
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_TOKEN_PATH", str(home / "auth_token"))
-        assert leftovers(state, "warm") == []  # no spare, no host, no group
+    wait_until(
+        lambda: objects_of(home, "warm") == [],
+        timeout=15,
+        what="down leaving no spare, host or group",
+        last=lambda: objects_of(home, "warm"),
+    )

@@ -306,7 +306,8 @@ def _report_repair(cluster: Session, result: RepairResult, output: options.Outpu
             console.info("dry run: nothing changed")
             return
         _warn_unstreamed(result.launch)
-        took = f" in {result.launch.elapsed:.1f}s" if result.launch else ""
+        them = "it" if len(rows) == 1 else "them"
+        took = f" in {result.seconds:.2f}s from finding {them} lost" if result.seconds else ""
         moved = ", ".join(
             f"{m.rank} -> {_where(m.after.nodes, ips)}{f' (spare {m.spare})' if m.spare is not None else ''}"
             for m in fix.moves

@@ -48,16 +48,22 @@ def short_ids(ids: Iterable[str], minimum: int = 8) -> dict[str, str]:
 
 
 def plan_title(plan: Plan) -> str:
-    """One line saying what the plan is (the nodes table marks the master), and one more for its label rules."""
+    """One line saying what the plan is (the nodes table marks the master); more for its label rules and spares."""
     s = plan.spec
     shape = f"TP {s.tp}" + (f" x PP {s.pp}" if s.pp > 1 else "")
     nodes_used = len({n for r in plan.ranks for n in r.nodes})
-    return (
+    first = (
         f"{plan.name}: {s.dp} rank{'s' if s.dp != 1 else ''} of {shape} "
         f"({s.dp * s.world_size} {s.device} on {nodes_used} node{'s' if nodes_used != 1 else ''}), "
         f"pack {s.pack}, dp_local {s.dp_local}, bundles {s.bundles}"
-        + (f", {s.spares} spare{'s' if s.spares != 1 else ''}" if s.spares else "")
-    ) + (f"\nlabels: {label_rules(s)}" if s.labels else "")
+    )
+    lines = [first]
+    if s.labels:
+        lines.append(f"labels: {label_rules(s)}")
+    if s.spares:
+        held = "idle engine hosts in each" if s.spares_mode == "started" else "a placement group each"
+        lines.append(f"spares: {s.spares} ({s.spares_mode}: {held}); repair and scale-up take them first")
+    return "\n".join(lines)
 
 
 def label_rules(spec: ResolvedSpec) -> str:

@@ -217,7 +217,8 @@ def _launch(plan: Plan, config: Config, observer: Observer, keep_on_failure: boo
     record = Record(
         name=plan.name,
         state=DeploymentState.LAUNCHING,
-        request=config.placement,
+        # a plan file decides the spares, as it decides the ranks
+        request=dataclasses.replace(config.placement, spares=len(plan.spares), spares_mode=plan.spec.spares_mode),
         spec=plan.spec,
         engine=config.engine,
         token=launch.token,
@@ -598,6 +599,7 @@ class RepairResult:
     launch: LaunchResult | None = None
     dry_run: bool = False
     restarted: bool = False  # a group: every process restarted (or, in a dry run, would)
+    seconds: float = 0.0  # from finding the lost ranks to all of them READY
 
 
 LOST = (RankState.DEAD, RankState.FAILED)
@@ -629,6 +631,7 @@ def repair(name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) 
                 hint=f"`dpctl scale {name} --dp N` revives a failed group; `dpctl down {name}` removes it",
             )
         lost, dying = lost_ranks(record)
+        found = time.monotonic()
         group = record.engine.coupling == "group"
         if not lost:
             if not dry_run:
@@ -650,7 +653,7 @@ def repair(name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) 
             observer.warn(warning)
         if dry_run:
             return RepairResult(record, result, dry_run=True, restarted=group)
-        return _repair(record, result, nodes, timeouts, observer, group=group)
+        return _repair(record, result, nodes, timeouts, observer, group=group, found=found)
 
 
 def _renew_spares(record: Record, dying: set[str], timeouts: Timeouts, observer: Observer) -> None:
@@ -689,7 +692,14 @@ def _no_room(record: Record, result: Infeasible, lost: dict[int, str]) -> Infeas
 
 
 def _repair(
-    record: Record, fix: RepairPlan, nodes: tuple[Node, ...], timeouts: Timeouts, observer: Observer, *, group: bool
+    record: Record,
+    fix: RepairPlan,
+    nodes: tuple[Node, ...],
+    timeouts: Timeouts,
+    observer: Observer,
+    *,
+    group: bool,
+    found: float,
 ) -> RepairResult:
     name = record.name
     record.state = DeploymentState.REPAIRING  # first: a command killed from here on is recovered by the next
@@ -703,6 +713,7 @@ def _repair(
     kept += [m.after for m in fix.moves if m.rank in over]
     try:
         launch = _run(fix.plan, moved, kept, record, nodes, timeouts, observer, over)
+        seconds = time.monotonic() - found
     except BaseException as exc:
         objects.remove_ranks(name, list(over), over)  # spares' hosts that did not become their ranks
         record.state = DeploymentState.FAILED if group else DeploymentState.DEGRADED
@@ -731,7 +742,7 @@ def _repair(
     record.state = DeploymentState.RUNNING
     records.save(record)
     _top_up(record, timeouts, observer)
-    return RepairResult(record, fix, launch, restarted=group)
+    return RepairResult(record, fix, launch, restarted=group, seconds=seconds)
 
 
 # --- down -----------------------------------------------------------------------------------------------

@@ -88,21 +88,27 @@ def _with_spares(
     warnings: list[str],
     fingerprint: str,
 ) -> Plan | Infeasible:
-    """Spares are planned as ranks dp..dp+K-1 by every rule of the spec, then set apart and numbered from 0.
+    """The ranks exactly as without spares; then the spares where growing by K ranks would put them.
 
-    No room for a spare is infeasible like no room for a rank (its number is at least dp).
+    So spares never change where ranks go (nor dp_local), and they follow every rule of the spec; under
+    strict they take further nodes once the ranks' nodes are full. No room for a spare is infeasible like
+    no room for a rank, its number dp + the spare's.
     """
+    from dpctl_ray.planner.scale import ScalePlan, remaining, scale  # noqa: PLC0415 - scale builds on this module
+
     spec = request.spec
-    whole = dataclasses.replace(request, spec=dataclasses.replace(spec, dp=spec.dp + spec.spares, spares=0))
+    alone = dataclasses.replace(request, spec=dataclasses.replace(spec, spares=0))
     if spec.within is not None:
-        result = _plan_within(whole, spec.within, ordered, candidates, skipped, warnings, fingerprint)
+        ranks = _plan_within(alone, spec.within, ordered, candidates, skipped, warnings, fingerprint)
     else:
-        result = _plan_on(whole, ordered, candidates, skipped, warnings, fingerprint)
-    if isinstance(result, Infeasible):
-        return dataclasses.replace(result, spec=spec)
-    spares = tuple(dataclasses.replace(r, rank=r.rank - spec.dp) for r in result.ranks[spec.dp :])
-    resolved = dataclasses.replace(result.spec, dp=spec.dp, spares=spec.spares)
-    return dataclasses.replace(result, spec=resolved, ranks=result.ranks[: spec.dp], spares=spares)
+        ranks = _plan_on(alone, ordered, candidates, skipped, warnings, fingerprint)
+    if isinstance(ranks, Infeasible):
+        return dataclasses.replace(ranks, spec=spec)
+    grown = scale(ranks, remaining(request.nodes, ranks), spec.dp + spec.spares)
+    if not isinstance(grown, ScalePlan):
+        return dataclasses.replace(grown, spec=spec, fingerprint=fingerprint)
+    spares = tuple(dataclasses.replace(r, rank=r.rank - spec.dp) for r in grown.added)
+    return dataclasses.replace(ranks, spec=dataclasses.replace(ranks.spec, spares=spec.spares), spares=spares)
 
 
 def _plan_on(

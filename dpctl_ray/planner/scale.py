@@ -17,7 +17,16 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
-from dpctl_ray.planner.model import Infeasible, InfeasibleCode, Node, Plan, PlanRequest, RankPlacement
+from dpctl_ray.planner.model import (
+    GRANULARITY,
+    Infeasible,
+    InfeasibleCode,
+    Node,
+    Plan,
+    PlanRequest,
+    RankPlacement,
+    units,
+)
 from dpctl_ray.planner.place import Planning, SpecError, cluster_fingerprint, filter_nodes, node_order_key
 from dpctl_ray.planner.ranks import Ledger, packed_ranks, span_ranks, spread_counts
 
@@ -142,3 +151,18 @@ def more_spares(current: Plan, nodes: tuple[Node, ...], count: int) -> tuple[Ran
         if isinstance(result, ScalePlan):
             return tuple(dataclasses.replace(r, rank=k) for r, k in zip(result.added, numbers, strict=False))
     return ()
+
+
+def remaining(nodes: tuple[Node, ...], plan: Plan) -> tuple[Node, ...]:
+    """The nodes with what the plan's ranks hold subtracted from what they have free (a snapshot once it runs)."""
+    held: dict[str, Counter[str]] = {}
+    for rank in plan.ranks:
+        for bundle in plan.bundles(rank):
+            for key, amount in bundle.resources:
+                held.setdefault(bundle.node, Counter())[key] += units(amount)
+    return tuple(
+        dataclasses.replace(node, available={k: (units(v) - used[k]) / GRANULARITY for k, v in node.available.items()})
+        if (used := held.get(node.id))
+        else node
+        for node in nodes
+    )
