@@ -227,8 +227,7 @@ def start(shape: LocalCluster, say: Callable[[str], None]) -> LocalState:
                 visible,
                 gpus,
                 shape.cpus_per_node,
-                # One machine, one session directory: the head's log monitor already reads every node's logs.
-                ["--address", state.address, "--node-ip-address", ip, "--include-log-monitor", "false"],
+                _worker_args(state, ip, i + 1),
                 shape.labels.get(f"worker-{i + 1}", {}),
             )
             state.save()
@@ -282,11 +281,23 @@ def add_node(state: LocalState, say: Callable[[str], None]) -> LocalNode:
         None,
         gpus,
         cpus,
-        ["--address", state.address, "--node-ip-address", ip, "--include-log-monitor", "false"],
+        _worker_args(state, ip, index),
     )
     state.save()
     say(f"started worker-{index} at {ip} ({gpus} {'simulated ' if state.simulated_gpus else ''}GPU, {cpus} CPU)")
     return node
+
+
+def _worker_args(state: LocalState, ip: str, index: int) -> list[str]:
+    """A worker joins the head at its own loopback address, with a temp dir of its own inside the cluster's.
+
+    Separate machines do not share Ray's session directory; nodes on one machine would, and then a node
+    starting (`add-node`) resets the runtime_env files other nodes' running workers use (under Ray's uv
+    hook, the project environment a long-lived supervisor or engine host imports from). No log monitor:
+    dpctl reads logs where they are written.
+    """
+    own = f"{state.temp_dir}/w{index}"  # short: Ray's socket paths must stay under ~107 bytes
+    return ["--address", state.address, "--node-ip-address", ip, "--temp-dir", own, "--include-log-monitor", "false"]
 
 
 def stop(state: LocalState, say: Callable[[str], None]) -> list[int]:
