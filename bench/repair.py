@@ -86,9 +86,13 @@ def auto_rounds(env: dict[str, str], config: Path, runs: int) -> list[float]:
     return times
 
 
-def spare_rounds(env: dict[str, str], runs: int) -> tuple[list[float], list[float]]:
+def spare_rounds(env: dict[str, str], config: Path, runs: int) -> tuple[list[float], list[float]]:
     """A started spare takes the lost rank over: `dpctl repair` from the kill, and from detection (its report)."""
-    dpctl(env, "up", "--name", "warm", "--dp", "1", "--tp", "2", "--spares", "1", "--spares-mode", "started")
+    placement = {"dp": 1, "tp": 2, "spares": 1, "spares_mode": "started"}
+    config.write_text(
+        yaml.safe_dump({"name": "warm", "placement": placement, "engine": {"kind": "demo", "init_seconds": 0}})
+    )
+    dpctl(env, "up", "-f", str(config))
     wholes, after = [], []
     for _ in range(runs):
         dpctl(env, "cluster", "add-node")  # room for the spare that replaces the one taken
@@ -155,7 +159,7 @@ def main() -> None:
             floors.append(time.perf_counter() - start)
         autos = auto_rounds(env, config, args.runs)
         dpctl(env, "down", "heal")
-        spares, spares_after = spare_rounds(env, args.runs)
+        spares, spares_after = spare_rounds(env, home / "warm.yaml", args.runs)
     finally:
         cluster_down(env)
     ratios = [r / f for r, f in zip(repairs, floors, strict=True)]
