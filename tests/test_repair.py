@@ -301,12 +301,7 @@ def test_a_spare_is_promoted_on_repair_and_on_scale_up_and_reserved_again(home: 
     finally:
         down = run(home, "down", "spare")
         assert down.returncode == 0, down.stderr
-    wait_until(
-        lambda: objects_of(home, "spare") == [],
-        timeout=15,
-        what="down leaving no spare",
-        last=lambda: objects_of(home, "spare"),
-    )
+    assert_gone(home, "spare")  # down leaves no spare, host or group
 
 
 def test_a_started_spare_becomes_the_lost_rank_without_a_new_placement(home: Path) -> None:
@@ -334,9 +329,4 @@ def test_a_started_spare_becomes_the_lost_rank_without_a_new_placement(home: Pat
     finally:
         down = run(home, "down", "warm")
         assert down.returncode == 0, down.stderr
-    wait_until(
-        lambda: objects_of(home, "warm") == [],
-        timeout=15,
-        what="down leaving no spare, host or group",
-        last=lambda: objects_of(home, "warm"),
-    )
+    assert_gone(home, "warm")  # down leaves no spare, host or group

@@ -27,7 +27,7 @@ from dpctl_ray.engines.base import EngineContext
 from dpctl_ray.engines.processes import Command, Granted, HostKey, commands, process_slots
 from dpctl_ray.engines.protocol import Frame, Phase
 from dpctl_ray.engines.spec import CommandSpec, EngineSpec
-from dpctl_ray.engines.work import EngineWork, HostInfo, HostSpec, ProcessWork, Work
+from dpctl_ray.engines.work import EngineWork, HostInfo, ProcessWork, Work
 from dpctl_ray.errors import DpctlError, InfeasibleError, Interrupted, LaunchFailed, TimedOut
 from dpctl_ray.launcher import objects
 from dpctl_ray.launcher.progress import LaunchObserver, LaunchResult, RankPhase, RankProgress
@@ -161,18 +161,8 @@ class Launch:
             groups[group.ready()] = rank.rank
         for rank in self.create:
             for k, _ in enumerate(rank.nodes):
-                host_spec = HostSpec(
-                    deployment=plan.name,
-                    token=self.token,
-                    stream=stream.address if stream else None,
-                    rank=rank.rank,
-                    node_index=k,
-                    local_rank=rank.local_rank,
-                    device=spec.device,
-                    layout=spec.bundles,
-                    device_bundles=objects.device_bundles(rank, k),
-                    log_dir=self.engine.log_dir,
-                    base_port=self.engine.base_port,
+                host_spec = objects.host_spec(
+                    plan, rank, k, self.engine, self.token, stream.address if stream else None
                 )
                 host = objects.create_host(
                     plan.name, rank, k, host_spec, created_groups[rank.rank], spec.cpus, self.runtime_env

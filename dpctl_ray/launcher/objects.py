@@ -13,10 +13,11 @@ from ray.util.placement_group import PlacementGroup, placement_group, placement_
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dpctl_ray.engines.host import EngineHost
+from dpctl_ray.engines.spec import EngineSpec
 from dpctl_ray.engines.work import HostSpec
 from dpctl_ray.launcher.nodes import NODE_ID_LABEL
 from dpctl_ray.launcher.records import NAMESPACE, ObjectKind, ObjectName, object_name, prefix
-from dpctl_ray.planner.model import Bundle, RankPlacement, ResolvedSpec
+from dpctl_ray.planner.model import Bundle, Plan, RankPlacement, ResolvedSpec
 
 RemoteEngineHost = ray.remote(EngineHost)
 
@@ -103,6 +104,32 @@ def create_host(
         **claim,
         **({"runtime_env": runtime_env} if runtime_env is not None else {}),
     ).remote(spec, group)
+
+
+def host_spec(
+    plan: Plan,
+    rank: RankPlacement,
+    k: int,
+    engine: EngineSpec,
+    token: str = "",
+    stream: str | None = None,
+    spare: int | None = None,
+) -> HostSpec:
+    """Who the host of a rank's (or a started spare's) node k is, and what it holds and reports to."""
+    return HostSpec(
+        deployment=plan.name,
+        token=token,
+        stream=stream,
+        rank=rank.rank,
+        node_index=k,
+        local_rank=rank.local_rank,
+        device=plan.spec.device,
+        layout=plan.spec.bundles,
+        device_bundles=device_bundles(rank, k),
+        log_dir=engine.log_dir,
+        base_port=engine.base_port,
+        spare=spare,
+    )
 
 
 def host_name(deployment: str, rank: RankPlacement, k: int, stem: str = "") -> str:

@@ -21,7 +21,6 @@ from ray.exceptions import RayError
 from ray.util.placement_group import PlacementGroup
 
 from dpctl_ray.engines.spec import EngineSpec
-from dpctl_ray.engines.work import HostSpec
 from dpctl_ray.errors import InfeasibleError, LaunchFailed, TimedOut
 from dpctl_ray.launcher import objects
 from dpctl_ray.launcher.nodes import snapshot
@@ -62,7 +61,7 @@ def reserve(
                     plan.name,
                     spare,
                     k,
-                    _host_spec(plan, spare, k, hosts.engine),
+                    objects.host_spec(plan, spare, k, hosts.engine, spare=spare.rank),
                     group,
                     spec.cpus,
                     hosts.runtime_env,
@@ -84,24 +83,6 @@ def reserve(
             ) from None
         raise
     return groups
-
-
-def _host_spec(plan: Plan, spare: RankPlacement, k: int, engine: EngineSpec) -> HostSpec:
-    spec = plan.spec
-    return HostSpec(
-        deployment=plan.name,
-        token="",
-        stream=None,
-        rank=spare.rank,
-        node_index=k,
-        local_rank=spare.local_rank,
-        device=spec.device,
-        layout=spec.bundles,
-        device_bundles=objects.device_bundles(spare, k),
-        log_dir=engine.log_dir,
-        base_port=engine.base_port,
-        spare=spare.rank,
-    )
 
 
 def _wait(groups: dict[PlacementGroup, int], timeout: float) -> None:

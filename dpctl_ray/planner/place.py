@@ -60,7 +60,7 @@ def feasible(result: T | Infeasible) -> T:
 
 
 def plan(request: PlanRequest) -> Plan | Infeasible:
-    """Place ranks 0..dp-1; the same request always gives the same plan, whatever the node order.
+    """Place ranks 0..dp-1 (and spares); the same request always gives the same plan, whatever the node order.
 
     Input that no cluster state could make right (an unknown master, an allow-list that matches no node, no
     nodes at all) raises SpecError; a plan the cluster cannot hold is an Infeasible result.
@@ -73,22 +73,16 @@ def plan(request: PlanRequest) -> Plan | Infeasible:
     candidates, skipped, warnings = filter_nodes(ordered, spec, request.spelled)
     warnings += missing_label_warnings(candidates, spec, request.spelled)
     fingerprint = cluster_fingerprint(request.nodes, spec.device, spec.bundles or "per_node", spec.labels)
-    if spec.spares:
-        return _with_spares(request, ordered, candidates, skipped, warnings, fingerprint)
+    alone = dataclasses.replace(request, spec=dataclasses.replace(spec, spares=0)) if spec.spares else request
     if spec.within is not None:
-        return _plan_within(request, spec.within, ordered, candidates, skipped, warnings, fingerprint)
-    return _plan_on(request, ordered, candidates, skipped, warnings, fingerprint)
+        result = _plan_within(alone, spec.within, ordered, candidates, skipped, warnings, fingerprint)
+    else:
+        result = _plan_on(alone, ordered, candidates, skipped, warnings, fingerprint)
+    return _with_spares(request, result) if spec.spares else result
 
 
-def _with_spares(
-    request: PlanRequest,
-    ordered: list[Node],
-    candidates: list[Node],
-    skipped: list[Skip],
-    warnings: list[str],
-    fingerprint: str,
-) -> Plan | Infeasible:
-    """The ranks exactly as without spares; then the spares where growing by K ranks would put them.
+def _with_spares(request: PlanRequest, ranks: Plan | Infeasible) -> Plan | Infeasible:
+    """The plan of the ranks alone, with K spares where growing it by K ranks would put them.
 
     So spares never change where ranks go (nor dp_local), and they follow every rule of the spec; under
     strict they take further nodes once the ranks' nodes are full. No room for a spare is infeasible like
@@ -97,16 +91,11 @@ def _with_spares(
     from dpctl_ray.planner.scale import ScalePlan, remaining, scale  # noqa: PLC0415 - scale builds on this module
 
     spec = request.spec
-    alone = dataclasses.replace(request, spec=dataclasses.replace(spec, spares=0))
-    if spec.within is not None:
-        ranks = _plan_within(alone, spec.within, ordered, candidates, skipped, warnings, fingerprint)
-    else:
-        ranks = _plan_on(alone, ordered, candidates, skipped, warnings, fingerprint)
     if isinstance(ranks, Infeasible):
         return dataclasses.replace(ranks, spec=spec)
     grown = scale(ranks, remaining(request.nodes, ranks), spec.dp + spec.spares)
     if not isinstance(grown, ScalePlan):
-        return dataclasses.replace(grown, spec=spec, fingerprint=fingerprint)
+        return dataclasses.replace(grown, spec=spec, fingerprint=ranks.fingerprint)
     spares = tuple(dataclasses.replace(r, rank=r.rank - spec.dp) for r in grown.added)
     return dataclasses.replace(ranks, spec=dataclasses.replace(ranks.spec, spares=spec.spares), spares=spares)
 
