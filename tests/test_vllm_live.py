@@ -321,3 +321,26 @@ def test_status_shows_the_group_restarting(live: LocalState, tmp_path: Path) -> 
         ready_at(name, 1)
     finally:
         down_leaves_nothing(live, name)
+
+
+def test_a_group_grows_onto_a_started_spare_whose_host_becomes_the_rank(live: LocalState, tmp_path: Path) -> None:
+    """A group-coupled scale-up takes a started spare: the group restarts at the new size, the new rank on the
+    spare's own host (its log says so), and `down` leaves nothing."""
+    name = "v-spare"
+    placement = {"dp": 2, "tp": 1, "spares": 1, "spares_mode": "started"}
+    config = fake_vllm_config(tmp_path, name, preset="vllm-moe-external-lb", placement=placement)
+    up = dpctl("up", "-f", config)
+    assert up.returncode == 0, up.stderr
+    try:
+        (spare,) = ready_at(name, 2)["spares"]
+        assert spare["state"] == "started"
+        grown = dpctl("scale", name, "--dp", "3")
+        assert grown.returncode == 0, grown.stderr
+        assert "2 onto spare 0" in grown.stderr
+        after = ready_at(name, 3)
+        assert [flag(p["argv"], "--data-parallel-size") for p in after["processes"]] == ["3", "3", "3"]
+        assert after["ranks"][2]["ip"] == spare["ip"]
+        log = dpctl("logs", name, "--rank", "2", "--tail", "100")
+        assert "(was spare 0)" in log.stdout
+    finally:
+        down_leaves_nothing(live, name)
