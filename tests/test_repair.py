@@ -203,7 +203,7 @@ def test_recovery_auto_heals_with_no_command_running_and_stops_when_its_budget_i
         assert final["events"][-1]["cause"] == "supervisor", final["events"]
         assert final["ranks"][0]["state"] == "DEAD"
         table = run(home, "status", "auto").stdout
-        assert "supervisor stopped (budget spent" in table
+        assert "; supervisor stopped\nsupervisor: budget spent: 1 repairs in 600s" in table
 
         # `up` again re-arms a stopped supervisor, and says why it had stopped.
         again = run(home, "up", "-f", str(config))
