@@ -568,8 +568,8 @@ def _recover(record: Record, observer: Observer) -> Record:
     size on the hosts the group still has.
     """
     keep = {r.rank for r in record.ranks}
-    owned = {s.rank for s in record.spares} | {int(s.rsplit("-", 1)[1]) for s in spares.stems(record).values()}
-    spares.release(record.name, spares.reserved(record.name) - owned)  # their hosts go with their groups
+    strays = spares.reserved(record.name) - spares.in_use(record)
+    spares.release(record.name, strays)  # their hosts go with their groups
     stray = sorted(objects.ranks_with_objects(record.name) - keep)
     if stray:
         objects.remove_ranks(record.name, stray)

@@ -141,12 +141,20 @@ def host_name(deployment: str, rank: RankPlacement, k: int, stem: str = "") -> s
     return base if rank.nodes[k] == rank.control else f"{base}-{k}"
 
 
+SPARE_STEM = f"{ObjectKind.SPARE.value}-"
+
+
+def spare_stem(number: int) -> str:
+    """`spare-N`: how spare N's objects are named under the deployment's prefix."""
+    return f"{SPARE_STEM}{number}"
+
+
 def stem_of(name: str) -> str:
     """`spare-N` for a started spare's objects (`dpctl/D/spare-N`, `dpctl/D/spare-N-K`), else ""."""
     parsed = ObjectName.parse(name)
     if parsed is None or parsed.kind is not ObjectKind.SPARE:
         return ""
-    return f"{ObjectKind.SPARE.value}-{parsed.rank}"
+    return spare_stem(parsed.rank) if parsed.rank is not None else ""
 
 
 def device_bundles(rank: RankPlacement, k: int) -> tuple[int, ...]:

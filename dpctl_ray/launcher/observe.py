@@ -78,9 +78,8 @@ def _spares(record: records.Record, alive: set[str]) -> list[SpareStatus]:
     for s in record.spares:
         name = object_name(record.name, ObjectKind.SPARE, s.rank)
         placement = s.placement()
-        hosts = all(
-            objects.host_name(record.name, placement, k, f"spare-{s.rank}") in actors for k in range(len(s.nodes))
-        )
+        stem = objects.spare_stem(s.rank)
+        hosts = all(objects.host_name(record.name, placement, k, stem) in actors for k in range(len(s.nodes)))
         state = spare_state(groups.get(name), s.nodes, alive, hosts if started else None)
         out.append(SpareStatus(s.rank, s.nodes, s.ip, sum(s.devices), state))
     return out

@@ -65,7 +65,7 @@ def reserve(
                     group,
                     spec.cpus,
                     hosts.runtime_env,
-                    stem=f"{ObjectKind.SPARE.value}-{spare.rank}",
+                    stem=objects.spare_stem(spare.rank),
                 )
                 for spare, group in zip(spares, groups, strict=True)
                 for k in range(len(spare.nodes))
@@ -113,13 +113,13 @@ def release(deployment: str, numbers: Iterable[int]) -> None:
     wanted = {object_name(deployment, ObjectKind.SPARE, n) for n in numbers}
     if not wanted:
         return
-    found = objects.live_groups(f"{prefix(deployment)}{ObjectKind.SPARE.value}-")
+    found = objects.live_groups(_group_prefix(deployment))
     objects.remove([g for name, g in found.items() if name in wanted], [])
 
 
 def reserved(deployment: str) -> set[int]:
     """The numbers of the deployment's spare groups that exist."""
-    start = f"{prefix(deployment)}{ObjectKind.SPARE.value}-"
+    start = _group_prefix(deployment)
     return {int(name.removeprefix(start)) for name in objects.live_groups(start) if name.removeprefix(start).isdigit()}
 
 
@@ -141,7 +141,7 @@ def top_up(record: Record, timeout: float, observer: Observer, hosts: Hosts | No
     nodes = snapshot()
     current = record.plan()
     # Spare numbers name objects: not one a spare or a rank running on a former spare's objects still uses.
-    used = {s.rank for s in record.spares} | {int(s.rsplit("-", 1)[1]) for s in stems(record).values()}
+    used = in_use(record)
     free = (n for n in itertools.count() if n not in used)
     added = tuple(dataclasses.replace(s, rank=next(free)) for s in more_spares(current, nodes, want))
     if added:
@@ -174,7 +174,7 @@ def take_over(record: Record, promoted: Mapping[int, tuple[int, RankPlacement]])
         return {}
     out = {}
     for rank, (spare, placement) in sorted(promoted.items()):
-        stem = f"{ObjectKind.SPARE.value}-{spare}"
+        stem = objects.spare_stem(spare)
         found = [objects.find_host(record.name, placement, k, stem) for k in range(len(placement.nodes))]
         hosts = [h for h in found if h is not None]
         if len(hosts) < len(found):
@@ -185,6 +185,16 @@ def take_over(record: Record, promoted: Mapping[int, tuple[int, RankPlacement]])
             continue
         out[rank] = stem
     return out
+
+
+def _group_prefix(deployment: str) -> str:
+    return prefix(deployment) + objects.SPARE_STEM
+
+
+def in_use(record: Record) -> set[int]:
+    """Spare numbers whose objects the deployment holds: its spares', and those ranks run on (taken over)."""
+    taken = {int(stem.removeprefix(objects.SPARE_STEM)) for stem in stems(record).values()}
+    return {s.rank for s in record.spares} | taken
 
 
 def stems(record: Record) -> dict[int, str]:
