@@ -11,21 +11,19 @@ import typer
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.live import LiveView
 from dpctl_ray.cli.render import RANK_COLUMNS, Column, delta_rows, delta_title, plural, table
-from dpctl_ray.cli.status_cmd import NameArg, print_document, show_statuses
+from dpctl_ray.cli.status_cmd import NameArg, print_document, print_statuses, show_statuses
 from dpctl_ray.config import Config
 from dpctl_ray.engines.base import RankState
 from dpctl_ray.errors import BadInput, ClusterUnreachable
 from dpctl_ray.files import load_document
 from dpctl_ray.launcher import shipping
-from dpctl_ray.launcher.cluster import connect
-from dpctl_ray.launcher.progress import LaunchResult
-from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, SpareStatus, status_document
 from dpctl_ray.planner.document import plan_from_document, plan_to_document
 from dpctl_ray.planner.repair import Move
 from dpctl_ray.values import seconds
 
 if TYPE_CHECKING:
     from dpctl_ray.launcher.lifecycle import DownResult, RepairResult, ScaleResult, UpResult
+    from dpctl_ray.launcher.progress import LaunchResult
     from dpctl_ray.launcher.session import Session
     from dpctl_ray.planner.model import Plan
 
@@ -75,7 +73,8 @@ def up_command(
         if name is not None:
             planned = dataclasses.replace(planned, name=config.name)
         config = dataclasses.replace(config, name=planned.name)
-    with connect(config.cluster, start_local=True, say=console.info, ship=shipping.for_launch(config)) as cluster:
+    ship = shipping.for_launch(config)
+    with options.connect(config.cluster, start_local=True, say=console.info, ship=ship) as cluster:
         result = cluster.up(
             config, planned=planned, observer=LiveView(config.name), keep_on_failure=keep_on_failure, recreate=recreate
         )
@@ -118,6 +117,8 @@ def _report_up(cluster: Session, result: UpResult, output: options.Output) -> No
             console.info(f"{record.name} already runs with this spec ({size}): nothing to do")
         statuses = cluster.status(record.name)
     elif (launch := result.launch) is not None:
+        from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, SpareStatus  # noqa: PLC0415 - options.connect
+
         ips = sorted({r.ip for r in record.ranks})
         dropped = sum(launch.dropped.values())
         note = f"; dropped {dropped} foreign or malformed readiness frames" if dropped else ""
@@ -148,17 +149,17 @@ def _report_up(cluster: Session, result: UpResult, output: options.Output) -> No
     if output is options.Output.table:
         show_statuses(statuses)
         return
-    doc = status_document(statuses)
-    if result.launch is not None:
-        doc["launch"] = {
-            "elapsed": round(result.launch.elapsed, 3),
-            "dropped_frames": result.launch.dropped,
-            "ready_latency_ms": {
-                str(r.rank): None if r.latency is None else round(r.latency * 1000, 3)
-                for r in result.launch.ranks.values()
-            },
-        }
-    print_document(doc, output)
+    if result.launch is None:
+        print_statuses(statuses, output)
+        return
+    launched = {
+        "elapsed": round(result.launch.elapsed, 3),
+        "dropped_frames": result.launch.dropped,
+        "ready_latency_ms": {
+            str(r.rank): None if r.latency is None else round(r.latency * 1000, 3) for r in result.launch.ranks.values()
+        },
+    }
+    print_statuses(statuses, output, {"launch": launched})
 
 
 def scale_command(
@@ -179,7 +180,7 @@ def scale_command(
     config = options.resolve_config(file, address=address, placement={"dp": dp})
     config = _with_timeouts(config, ready=("--timeout", timeout))
     target = name or config.name
-    with connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
+    with options.connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
         result = cluster.scale(target, config.placement.dp, config.timeouts, dry_run=dry_run, observer=LiveView(target))
         _report_scale(cluster, result, output)
 
@@ -238,7 +239,7 @@ def _report_scale(cluster: Session, result: ScaleResult, output: options.Output)
     if output is options.Output.table:
         show_statuses(statuses)
     else:
-        print_document(status_document(statuses), output)
+        print_statuses(statuses, output)
 
 
 def repair_command(
@@ -256,7 +257,7 @@ def repair_command(
     config = options.resolve_config(file, address=address)
     config = _with_timeouts(config, ready=("--timeout", timeout))
     target = name or config.name
-    with connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
+    with options.connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
         result = cluster.repair(target, config.timeouts, dry_run=dry_run, observer=LiveView(target))
         _report_repair(cluster, result, output)
 
@@ -318,7 +319,7 @@ def _report_repair(cluster: Session, result: RepairResult, output: options.Outpu
     if output is options.Output.table:
         show_statuses(statuses)
     else:
-        print_document(status_document(statuses), output)
+        print_statuses(statuses, output)
 
 
 REPAIR_COLUMNS = (Column("rank", "right"), Column("cause"), Column("from"), Column("to"), Column("move"))
@@ -351,7 +352,7 @@ def down_command(
     config = options.resolve_config(file, address=address)
     with contextlib.ExitStack() as stack:
         try:
-            cluster = stack.enter_context(connect(config.cluster, start_local=False))
+            cluster = stack.enter_context(options.connect(config.cluster, start_local=False))
         except ClusterUnreachable:
             if config.cluster.address == "auto" and address is None:
                 console.info("no Ray cluster running: nothing to remove")

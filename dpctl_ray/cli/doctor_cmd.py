@@ -9,7 +9,6 @@ from dpctl_ray.cli.render import Column, short_ids, table
 from dpctl_ray.cli.status_cmd import print_document
 from dpctl_ray.errors import LaunchFailed
 from dpctl_ray.launcher import shipping
-from dpctl_ray.launcher.cluster import connect
 
 if TYPE_CHECKING:
     from dpctl_ray.launcher.doctor import NodeView, Report
@@ -36,7 +35,7 @@ def doctor_command(
     Exit 0 when a launch can go ahead (warnings say what works with less), 4 when a check fails.
     """
     config = options.resolve_config(file, address=address)
-    with connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
+    with options.connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
         console.info("probing every node with a shipped task")
         report = cluster.doctor(config.placement)
     if output is options.Output.table:

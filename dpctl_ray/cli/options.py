@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -25,6 +25,12 @@ from dpctl_ray.engines.loader import declared_layout, load_engine_class
 from dpctl_ray.engines.spec import PythonSpec
 from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.planner import check_spec
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from dpctl_ray.config import ClusterConfig
+    from dpctl_ray.launcher.session import Session
 
 PLACEMENT = "Placement (override the config file)"
 R = TypeVar("R")
@@ -158,3 +164,14 @@ def engine_search_path(config: Config) -> list[str]:
     dirs = [str(Path(config.source).resolve().parent)] if config.source else []
     cwd = str(Path.cwd())
     return dirs if cwd in dirs else [*dirs, cwd]
+
+
+def connect(cluster: ClusterConfig, **how: Any) -> AbstractContextManager[Session]:
+    """`launcher.cluster.connect`, imported when a command first needs the cluster.
+
+    Commands that never reach Ray (`plan` of an inventory file, `--help`, bad flags) then never load the
+    launcher, which is ~15 ms of every such run.
+    """
+    from dpctl_ray.launcher.cluster import connect as join  # noqa: PLC0415 - see above
+
+    return join(cluster, **how)

@@ -204,9 +204,7 @@ def load_inventory(path: str) -> tuple[Node, ...]:
 
 def live_nodes(config: Config) -> tuple[Node, ...]:
     """A snapshot of the live cluster (imports Ray: only when no inventory was given)."""
-    from dpctl_ray.launcher.cluster import connect  # noqa: PLC0415 - offline plans never load the launcher
-
-    with connect(config.cluster, start_local=False) as cluster:
+    with options.connect(config.cluster, start_local=False) as cluster:
         return cluster.snapshot()
 
 

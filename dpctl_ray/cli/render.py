@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dpctl_ray.launcher.progress import RankPhase, RankProgress
-from dpctl_ray.launcher.status import DeploymentStatus, RankStatus
 from dpctl_ray.planner.inventory import number
 from dpctl_ray.planner.model import Node, Plan, ResolvedSpec, Usage
 from dpctl_ray.planner.scale import ScalePlan
 from dpctl_ray.values import printable
+
+if TYPE_CHECKING:
+    from dpctl_ray.launcher.status import DeploymentStatus, RankStatus
 
 _HEX_ID = re.compile(r"^[0-9a-f]{20,}$")
 FREE = "·"
@@ -149,6 +152,7 @@ def node_rows(plan: Plan, usage: Usage, limit: int | None = None) -> list[tuple[
     """
     device = plan.spec.device
     names = short_ids(n.id for n in plan.nodes)
+    holders = plan.holders()
     rows: list[tuple[str, ...]] = []
     for node in summarised_nodes(plan, usage)[:limit]:
         role = ", ".join(role for role, on in (("master", node.id == plan.spec.master), ("head", node.head)) if on)
@@ -160,7 +164,7 @@ def node_rows(plan: Plan, usage: Usage, limit: int | None = None) -> list[tuple[
             counts = (f"{devices}/{node.free_devices(device)}", f"{number(cpus)}/{free_cpus}")
         values = tuple(node.labels.get(k, "") for k in shown_labels(plan.spec))
         row = (names[node.id], node.ip, *values, role, *counts)
-        rows.append((*row, device_map(node, usage.ranks.get(node.id, []), device)))
+        rows.append((*row, device_map(node, holders.get(node.id, []), device)))
     return rows
 
 

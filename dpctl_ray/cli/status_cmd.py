@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -14,8 +14,9 @@ from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import STATUS_COLUMNS, status_rows, status_title, table
 from dpctl_ray.files import dump_yaml
 from dpctl_ray.launcher import shipping
-from dpctl_ray.launcher.cluster import connect
-from dpctl_ray.launcher.status import DeploymentStatus, status_document
+
+if TYPE_CHECKING:
+    from dpctl_ray.launcher.status import DeploymentStatus
 
 NameArg = Annotated[
     Optional[str], typer.Argument(help="Deployment name (default: from the config, else demo).", metavar="NAME")
@@ -35,10 +36,10 @@ def status_command(
     """Every rank of every deployment (or one): state, node, devices Ray granted, since when."""
     every = values.seconds(interval, "--interval")
     config = options.resolve_config(file, address=address)
-    with connect(config.cluster, start_local=False) as cluster:
+    with options.connect(config.cluster, start_local=False) as cluster:
         statuses = cluster.status(name)
         if output is not options.Output.table:
-            print_document(status_document(statuses), output)
+            print_statuses(statuses, output)
         elif not statuses:
             console.info("no deployments in this cluster; `dpctl up` launches one")
         elif not watch:
@@ -63,7 +64,8 @@ def logs_command(
     lines = values.integer(tail, "--tail", minimum=0)
     ranks = [values.integer(r, "--rank", minimum=0) for r in rank] if rank else None
     config = options.resolve_config(file, address=address)
-    with connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:  # logs are read on nodes
+    # The logs are read on the nodes, by dpctl's code there.
+    with options.connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
         sources = cluster.log_sources(name or config.name, ranks)
         for source in sources:
             if not source.alive:
@@ -84,6 +86,15 @@ def logs_command(
                 show(cluster.read_logs(sources, tail=None))
         except KeyboardInterrupt:
             return  # Ctrl-C is how following ends
+
+
+def print_statuses(
+    statuses: list[DeploymentStatus], output: options.Output, extra: Mapping[str, object] | None = None
+) -> None:
+    """The status document of these deployments, with `extra` top-level keys, on stdout as JSON or YAML."""
+    from dpctl_ray.launcher.status import status_document  # noqa: PLC0415 - see options.connect
+
+    print_document({**status_document(statuses), **(extra or {})}, output)
 
 
 def print_document(doc: dict[str, Any], output: options.Output) -> None:
