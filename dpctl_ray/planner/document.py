@@ -256,13 +256,18 @@ def _parts(plan: Plan, q: Callable[[str], str], extra: Mapping[str, list[Any]]) 
     spec = plan.spec
 
     used = spec.labels
+    written: dict[tuple[str | None, ...], str] = {}
 
     def labels(n: Node) -> str:
-        # node_labels(n, spec) as JSON, written directly: this runs for every node of the plan.
+        # node_labels(n, spec) as JSON, written directly, once per distinct set of values: this runs per node.
         if not used:
             return ""
-        have = n.labels
-        return ', "labels": {' + ", ".join([f"{q(k)}: {q(have[k])}" for k in used if k in have]) + "}"
+        values = tuple(map(n.labels.get, used))
+        text = written.get(values)
+        if text is None:
+            pairs = [f"{q(k)}: {q(v)}" for k, v in zip(used, values, strict=True) if v is not None]
+            text = written[values] = ', "labels": {' + ", ".join(pairs) + "}"
+        return text
 
     usage = plan.usage()
     devices, cpus = usage.devices, usage.cpus

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -160,26 +161,21 @@ class RankPlacement:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What a plan puts on its nodes, by node id: the ranks on each node's devices, device counts, control CPUs."""
+    """What a plan puts on its nodes, by node id: device counts and control CPUs (Plan.holders says whose)."""
 
-    ranks: Mapping[str, list[tuple[int | str, int]]]  # (rank or `sN` for spare N, devices it takes there)
     devices: Mapping[str, int]
     cpus: Mapping[str, float]
 
     @classmethod
     def of(cls, ranks: Iterable[RankPlacement], cpus: float, spares: Iterable[RankPlacement] = ()) -> Usage:
         """The usage of these ranks and spares, each with a control bundle of `cpus`."""
-        held: dict[str, list[tuple[int | str, int]]] = {}
         devices: dict[str, int] = {}
         planned_cpus: dict[str, float] = {}
-        named: list[tuple[int | str, RankPlacement]] = [(r.rank, r) for r in ranks]
-        named += [(f"s{r.rank}", r) for r in spares]
-        for name, rank in named:
+        for rank in itertools.chain(ranks, spares):
             for node, count in zip(rank.nodes, rank.devices, strict=True):
-                held.setdefault(node, []).append((name, count))
                 devices[node] = devices.get(node, 0) + count
             planned_cpus[rank.control] = planned_cpus.get(rank.control, 0.0) + cpus
-        return cls(held, devices, planned_cpus)
+        return cls(devices, planned_cpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +266,16 @@ class Plan:
     def usage(self) -> Usage:
         """What the plan puts on each node (derived from its ranks and spares)."""
         return Usage.of(self.ranks, self.spec.cpus, self.spares)
+
+    def holders(self) -> dict[str, list[tuple[int | str, int]]]:
+        """By node id, the (rank, devices there) of each rank on the node, then of each spare (`sN`)."""
+        held: dict[str, list[tuple[int | str, int]]] = {}
+        named: list[tuple[int | str, RankPlacement]] = [(r.rank, r) for r in self.ranks]
+        named += [(f"s{r.rank}", r) for r in self.spares]
+        for name, rank in named:
+            for node, count in zip(rank.nodes, rank.devices, strict=True):
+                held.setdefault(node, []).append((name, count))
+        return held
 
     def whole(self) -> Plan:
         """The plan with its spares as ranks dp..dp+K-1 (how they were planned): for checks that hold both."""

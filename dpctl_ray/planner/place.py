@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import socket
@@ -319,12 +318,15 @@ def cluster_fingerprint(
 
 def node_order_key(node: Node) -> tuple[int, bytes, str, str]:
     """Nodes after the master: by IP address (numerically; IPv4 before IPv6, unparsable last), then id."""
-    # An address's packed bytes compare as its numbers do.
-    with contextlib.suppress(OSError):
+    # An address's packed bytes compare as its numbers do. (try, not contextlib.suppress: this runs per node.)
+    try:
         return (0, socket.inet_pton(socket.AF_INET, node.ip), "", node.id)
-    with contextlib.suppress(OSError):
+    except OSError:
+        pass
+    try:
         return (1, socket.inet_pton(socket.AF_INET6, node.ip), "", node.id)
-    return (2, b"", node.ip, node.id)
+    except OSError:
+        return (2, b"", node.ip, node.id)
 
 
 # --- steps -----------------------------------------------------------------------------------------
@@ -356,11 +358,14 @@ def filter_nodes(
         if node.total_devices(spec.device) == 0 and node.free_devices(spec.device) == 0:
             skipped.append(_skip(node, SkipReason.NO_DEVICE, spec))
             continue
-        if select:
-            miss = next((m for m in select if not m.matches(node.labels)), None)
-            if miss is not None:
-                skipped.append(_label_skip(node, spec, miss.key))
-                continue
+        miss = None
+        for match in select:  # a loop, not next(generator): this runs per node
+            if not match.matches(node.labels):
+                miss = match
+                break
+        if miss is not None:
+            skipped.append(_label_skip(node, spec, miss.key))
+            continue
         if within is not None and value_of(node.labels, within) != within_value:
             skipped.append(_label_skip(node, spec, within))
             continue
