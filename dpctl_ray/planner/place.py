@@ -8,6 +8,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TypeVar
 
 from dpctl_ray.errors import BadInput, InfeasibleError
@@ -302,18 +303,22 @@ def cluster_fingerprint(
     """A digest of what planning reads (ids, ips, head, free devices and CPUs, labels used) and the layout.
 
     A changed cluster changes it, and so does planning the same cluster for the other layout. A spec that
-    reads no label digests no label, so relabelling a node does not invalidate such plans.
+    reads no label digests no label, so relabelling a node does not invalidate such plans. The nodes are
+    digested column by column in id order (the same in any input order), each column one list's repr:
+    a row string per node cost twice as much on 16k labelled nodes.
     """
-    rows = [
-        f"{n.id}\t{n.ip}\t{n.head:d}\t{units(n.available.get(device, 0.0))}\t{units(n.available.get('CPU', 0.0))}"
-        for n in nodes
+    ordered = sorted(nodes, key=attrgetter("id"))
+    free = [n.available for n in ordered]
+    columns = [
+        [n.id for n in ordered],
+        [n.ip for n in ordered],
+        [n.head for n in ordered],
+        [*map(units, [a.get(device, 0.0) for a in free])],
+        [*map(units, [a.get("CPU", 0.0) for a in free])],
+        *([n.labels.get(key) for n in ordered] for key in labels),  # None where the node lacks the label
     ]
-    if labels:  # each label's value, None where the node lacks it (which differs from an empty value)
-        keys = tuple(labels)
-        rows = [f"{row}\t{[*map(n.labels.get, keys)]!r}" for row, n in zip(rows, nodes, strict=True)]
-    rows.sort()
-    head = f"v2\t{device}\t{layout}" + (f"\tlabels\t{chr(9).join(labels)}" if labels else "")
-    return hashlib.sha256("\n".join([head, *rows]).encode()).hexdigest()[:16]
+    text = f"v3\t{device}\t{layout}\t{[*labels]!r}\n{columns!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def node_order_key(node: Node) -> tuple[int, bytes, str, str]:
