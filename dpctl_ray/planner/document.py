@@ -176,8 +176,8 @@ def infeasible_details(result: Infeasible) -> dict[str, Any]:
 def plan_json(plan: Plan, extra: Mapping[str, list[Any]] | None = None) -> str:
     """`dumps(plan_to_document(plan))`, written straight from the plan.
 
-    Building the document's dicts first doubles a whole `dpctl plan -o json` of 16,384 nodes (about 830 ms
-    against 410 ms here), and the plan benchmark holds dpctl within 1.5x of the seed's loop.
+    Building the document's dicts first doubled a whole `dpctl plan -o json` of 16,384 nodes (830 ms against
+    410 ms when measured), and the plan benchmark holds dpctl within 1.5x of the seed's loop.
     """
     parts = _parts(plan, encode_basestring_ascii, extra or {})
     out = ["{\n"]  # pieces joined once: each concatenation of a multi-megabyte string is another copy of it
