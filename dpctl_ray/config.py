@@ -13,9 +13,9 @@ from dpctl_ray import values
 from dpctl_ray.engines.spec import DemoSpec, EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.files import load_document
+from dpctl_ray.planner.checks import MAX_CPUS, MAX_WORLD_SIZE
 from dpctl_ray.planner.labels import MAX_SELECTORS, LabelError, LabelMatch, check_key, parse_flag
 from dpctl_ray.planner.model import LAYOUTS, NAME_RULE, PACKS, SPARES_MODES, Placement, valid_name
-from dpctl_ray.planner.place import MAX_CPUS, MAX_WORLD_SIZE
 
 DEFAULT_FILE = "dpctl.yaml"
 MAX_LOCAL_NODES = 64  # each simulated node is a few Ray processes on this machine

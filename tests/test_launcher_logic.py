@@ -8,7 +8,8 @@ import pytest
 
 from dpctl_ray.engines.base import HostReport, RankState
 from dpctl_ray.engines.processes import master_port
-from dpctl_ray.engines.spec import CommandSpec, DemoSpec, ReadyCheck
+from dpctl_ray.engines.spec import CommandSpec, DemoSpec
+from dpctl_ray.engines.template import ReadyCheck
 from dpctl_ray.launcher.records import (
     DeploymentState,
     Difference,

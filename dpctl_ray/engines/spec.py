@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from dpctl_ray import values
-from dpctl_ray.engines.processes import ReadyCheck, check_template
+from dpctl_ray.engines.template import ReadyCheck, check_template
 from dpctl_ray.errors import ConfigError
 
 LOG_DIR = "/tmp/dpctl-logs"  # noqa: S108 - a per-node scratch dir, like Ray's own /tmp/ray

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpctl_ray.engines.base import EngineContext
-from dpctl_ray.engines.processes import ReadyCheck
 from dpctl_ray.engines.spec import CommandSpec, DemoSpec, PythonSpec
+from dpctl_ray.engines.template import ReadyCheck
 from dpctl_ray.planner.model import Layout
 
 

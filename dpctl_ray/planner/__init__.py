@@ -1,5 +1,6 @@
 """The pure placement core: frozen dataclasses in, a plan (or the causes it is infeasible) out."""
 
+from dpctl_ray.planner.checks import SpecError, check_spec
 from dpctl_ray.planner.model import (
     Bundle,
     Infeasible,
@@ -15,7 +16,8 @@ from dpctl_ray.planner.model import (
     SkipReason,
     Usage,
 )
-from dpctl_ray.planner.place import NoPlan, SpecError, check_spec, cluster_fingerprint, feasible, plan
+from dpctl_ray.planner.nodes import cluster_fingerprint
+from dpctl_ray.planner.place import NoPlan, feasible, plan
 
 __all__ = [
     "Bundle",

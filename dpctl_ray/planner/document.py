@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
+from dpctl_ray.planner.checks import MAX_CPUS, MAX_RANKS, MAX_WORLD_SIZE, SpecError, check_spec
 from dpctl_ray.planner.inventory import MAX_AMOUNT, number, valid_ip
 from dpctl_ray.planner.labels import MAX_SELECTORS, LabelError, LabelMatch, check_key
 from dpctl_ray.planner.model import (
@@ -22,7 +23,6 @@ from dpctl_ray.planner.model import (
     SparesMode,
     valid_name,
 )
-from dpctl_ray.planner.place import MAX_CPUS, MAX_RANKS, MAX_WORLD_SIZE, SpecError, check_spec
 from dpctl_ray.planner.verify import PlanFileError, check_plan
 from dpctl_ray.values import show
 

@@ -1,4 +1,4 @@
-"""Ranks onto nodes, for plan, scale and repair alike: the Ledger of what is left, strict/fill and span ranks.
+"""Ranks onto nodes, for plan, scale and repair alike: a planning run, the Ledger of what is left, the ranks.
 
 Both kinds also place under `spread` (the value holding the fewest ranks goes next) and `rank_within`.
 """
@@ -16,9 +16,12 @@ from dpctl_ray.planner.labels import value_of
 from dpctl_ray.planner.model import (
     GRANULARITY,
     STRATEGY,
+    Infeasible,
+    InfeasibleCode,
     Node,
     Offer,
     Placement,
+    PlanRequest,
     RankPlacement,
     Skip,
     SkipReason,
@@ -437,3 +440,43 @@ class Ledger:
         short_of_devices = self.dev[node.id] < ranks * self.rank_dev
         reason = SkipReason.TOO_FEW_DEVICES if short_of_devices else SkipReason.TOO_FEW_CPUS
         return self.skip(node, reason, ranks * self.world_size, ranks * self.cpus)
+
+
+@dataclass(slots=True)
+class Planning:
+    """One planning run: the request, what each node has left, the nodes passed over, the cluster's fingerprint."""
+
+    request: PlanRequest
+    ledger: Ledger
+    skipped: list[Skip]
+    fingerprint: str
+
+    def infeasible(
+        self,
+        code: InfeasibleCode,
+        best: Offer | None,
+        *,
+        rank: int = 0,
+        ranks: int = 1,
+        master: Node | None = None,
+        dp_local: int | None = None,
+        detail: str = "",
+        skipped: tuple[Skip, ...] | None = None,
+    ) -> Infeasible:
+        """No plan: `rank` is the first rank not placed, needing `ranks` ranks' worth of devices and CPUs at once."""
+        spec = self.request.spec
+        return Infeasible(
+            name=self.request.name,
+            code=code,
+            spec=spec,
+            rank=rank,
+            placed=rank,
+            need_devices=ranks * self.ledger.need_devices,
+            need_cpus=ranks * spec.cpus,
+            best=best,
+            skipped=tuple(self.skipped) if skipped is None else skipped,
+            master=master.id if master is not None else None,
+            dp_local=dp_local,
+            detail=detail,
+            fingerprint=self.fingerprint,
+        )

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from dpctl_ray.planner.labels import value_of
 from dpctl_ray.planner.model import Infeasible, InfeasibleCode, Node, Plan, PlanRequest, RankPlacement
-from dpctl_ray.planner.place import Planning, cluster_fingerprint, filter_nodes, node_order_key
-from dpctl_ray.planner.ranks import Ledger, span_ranks, spread_counts
+from dpctl_ray.planner.nodes import cluster_fingerprint, filter_nodes, node_order_key
+from dpctl_ray.planner.ranks import Ledger, Planning, span_ranks, spread_counts
 
 
 @dataclass(frozen=True, slots=True)

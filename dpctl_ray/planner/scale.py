@@ -17,6 +17,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
+from dpctl_ray.planner.checks import SpecError
 from dpctl_ray.planner.model import (
     GRANULARITY,
     Infeasible,
@@ -27,8 +28,8 @@ from dpctl_ray.planner.model import (
     RankPlacement,
     units,
 )
-from dpctl_ray.planner.place import Planning, SpecError, cluster_fingerprint, filter_nodes, node_order_key
-from dpctl_ray.planner.ranks import Ledger, packed_ranks, span_ranks, spread_counts
+from dpctl_ray.planner.nodes import cluster_fingerprint, filter_nodes, node_order_key
+from dpctl_ray.planner.ranks import Ledger, Planning, packed_ranks, span_ranks, spread_counts
 
 
 @dataclass(frozen=True, slots=True)
