@@ -96,6 +96,47 @@ def test_stream_keeps_this_launch_and_counts_the_rest() -> None:
         stream.close()
 
 
+def test_a_reporter_closed_while_other_threads_send_drops_their_frames_and_does_not_hang() -> None:
+    """A host's calls run concurrently: an earlier launch's start may still report while a later one closes.
+
+    Over a real socket: four threads send while the reporter is closed; close returns (within the linger time),
+    nothing raises, and a frame sent after close goes nowhere.
+    """
+    from dpctl_ray.engines.report import StreamReporter
+
+    stream = ReadinessStream("d", "t", {0}, "127.0.0.1")
+    reporter = StreamReporter(stream.address, "d", "t", 0)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        try:
+            while not stop.is_set():
+                reporter.progress(0.5, "loading")
+        except BaseException as exc:  # any error is the test's finding
+            errors.append(exc)
+
+    senders = [threading.Thread(target=send, daemon=True) for _ in range(4)]
+    try:
+        for t in senders:
+            t.start()
+        time.sleep(0.05)
+        closer = threading.Thread(target=reporter.close, daemon=True)
+        closer.start()
+        closer.join(timeout=10)
+        assert not closer.is_alive(), "close() hung while other threads were sending"
+        stop.set()
+        for t in senders:
+            t.join(timeout=5)
+        assert errors == []
+        reporter.send(Phase.FAILED, "too late")  # dropped, as to a launcher that is gone
+        assert reporter.last is not None
+        assert reporter.last.phase is Phase.FAILED
+    finally:
+        stop.set()
+        stream.close()
+
+
 @dataclass
 class Recorder:
     """An observer that records every update (the seam the CLI's live view also uses)."""

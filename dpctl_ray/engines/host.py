@@ -164,24 +164,32 @@ class EngineHost:
         `stream` and `token` are the readiness socket of the launch that starts it (a group restart is a later
         launch than the one that created the host).
         """
-        if (stream, token) != (self.reporter.address, self.reporter.token):
-            self.reporter.close()
-            self.reporter = StreamReporter(stream, self.spec.deployment, token, self.spec.rank)
-        with self._lock:
-            if token in self._cancelled:  # the launch was undone before this call ran: start nothing
-                raise EngineError("stopped before it started (its launch was undone)")
-            self.work, self.state, self.detail = work, RankState.STARTING, "starting"
-            self.dp = work.dp if isinstance(work, ProcessWork) else work.ctx.dp
-            # Made under the lock, so that a stop() from here on finds what to stop.
-            engine = make_engine(work.spec) if isinstance(work, EngineWork) else None
-            process = CommandEngine(work, self.log_path, self.ip) if isinstance(work, ProcessWork) else None
-            self.engine, self.process = engine, process
-        self.reporter.send(Phase.STARTING, "starting", devices=self.devices, node=self.node, ip=self.ip)
+        replaced = None
+        try:
+            with self._lock:
+                if (stream, token) != (self.reporter.address, self.reporter.token):
+                    replaced = self.reporter
+                    self.reporter = StreamReporter(stream, self.spec.deployment, token, self.spec.rank)
+                # This call reports through its own launch's reporter to the end: a later launch may replace
+                # self.reporter while this one still finishes (a start undone by its launch reports its failure).
+                reporter = self.reporter
+                if token in self._cancelled:  # the launch was undone before this call ran: start nothing
+                    raise EngineError("stopped before it started (its launch was undone)")
+                self.work, self.state, self.detail = work, RankState.STARTING, "starting"
+                self.dp = work.dp if isinstance(work, ProcessWork) else work.ctx.dp
+                # Made under the lock, so that a stop() from here on finds what to stop.
+                engine = make_engine(work.spec) if isinstance(work, EngineWork) else None
+                process = CommandEngine(work, self.log_path, self.ip) if isinstance(work, ProcessWork) else None
+                self.engine, self.process = engine, process
+        finally:
+            if replaced is not None:
+                replaced.close()  # outside the lock: it may wait its linger time for a launcher that is gone
+        reporter.send(Phase.STARTING, "starting", devices=self.devices, node=self.node, ip=self.ip)
         try:
             if engine is not None and isinstance(work, EngineWork):
-                engine.start(dataclasses.replace(work.ctx, log_path=self.log_path), self.reporter)
+                engine.start(dataclasses.replace(work.ctx, log_path=self.log_path), reporter)
             elif process is not None:
-                process.start(self.log, self.reporter)
+                process.start(self.log, reporter)
         except Exception as exc:  # noqa: BLE001 - whatever an engine raises fails its rank, in its own words
             message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
             self.log(f"dpctl: failed to start: {message}")
@@ -189,11 +197,11 @@ class EngineHost:
                 undone = token in self._cancelled  # stopped by its launch's undo: not this rank's own failure
             if not undone:
                 self.state, self.detail, self.since = RankState.FAILED, message, time.time()
-            self.reporter.send(Phase.FAILED, message)
+            reporter.send(Phase.FAILED, message)
             raise EngineError(message) from None
         self.state, self.since = RankState.READY, time.time()
         self.log("dpctl: ready")
-        self.reporter.send(Phase.READY, devices=self.devices, node=self.node, ip=self.ip)
+        reporter.send(Phase.READY, devices=self.devices, node=self.node, ip=self.ip)
         return self.health()
 
     def wait_exit(self) -> int:
@@ -257,8 +265,10 @@ class EngineHost:
             engine.stop()
         if process is not None:
             process.stop()
-        self.engine, self.process, self.work = None, None, None
-        self.state, self.detail = RankState.STARTING, "stopped"
+        with self._lock:
+            if self.engine is engine and self.process is process:  # else a later start() has begun meanwhile
+                self.engine, self.process, self.work = None, None, None
+                self.state, self.detail = RankState.STARTING, "stopped"
         self.log("dpctl: stopped")
 
 

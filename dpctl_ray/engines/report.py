@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import Any
 
@@ -10,7 +11,13 @@ from dpctl_ray.engines.protocol import Frame, Phase
 
 
 class StreamReporter:
-    """Pushes phase frames for one rank of one launch; without an address (or ZMQ) it only remembers the last."""
+    """Pushes phase frames for one rank of one launch; without an address (or ZMQ) it only remembers the last.
+
+    Thread-safe: a host's calls run concurrently, and a start of an earlier launch may still report (or a
+    process watcher send progress) while a later launch's start closes this reporter. A ZMQ socket used from
+    two threads at once can hang the context's termination for good; here a frame sent after close() is
+    dropped, like one sent to a gone launcher.
+    """
 
     def __init__(self, address: str | None, deployment: str, token: str, rank: int) -> None:
         self.address = address
@@ -20,6 +27,7 @@ class StreamReporter:
         self.last: Frame | None = None
         self._socket: Any = None
         self._context: Any = None
+        self._lock = threading.Lock()  # one thread at a time on the socket
         self.streaming = False
         if address:
             try:
@@ -62,18 +70,21 @@ class StreamReporter:
             ip=ip,
         )
         self.last = frame
-        if self._socket is None:
-            return
-        with contextlib.suppress(self._again):
-            self._socket.send(frame.encode(), self._noblock)
+        with self._lock:
+            if self._socket is None:
+                return
+            with contextlib.suppress(self._again):
+                self._socket.send(frame.encode(), self._noblock)
 
     def progress(self, fraction: float | None, message: str = "") -> None:
         """Report loading progress (0..1, or None for a message alone)."""
         self.send(Phase.PROGRESS, message, progress=None if fraction is None else min(max(fraction, 0.0), 1.0))
 
     def close(self) -> None:
-        """Flush (up to the linger time) and close."""
-        if self._socket is not None:
-            self._socket.close()
-            self._context.term()
-            self._socket = None
+        """Flush (up to the linger time) and close; later frames are dropped."""
+        with self._lock:
+            socket, context, self._socket = self._socket, self._context, None
+            if socket is not None:
+                socket.close()
+        if context is not None and socket is not None:
+            context.term()  # waits up to the linger time, outside the lock: frames sent meanwhile are dropped
