@@ -6,6 +6,7 @@ A rank is TP 2 (one worker each); the third worker is the free capacity a lost r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -256,13 +257,27 @@ def assert_gone(home: Path, name: str) -> None:
     wait_until(lambda: objects_of(home, name) == [], 15, f"nothing left of {name}", lambda: objects_of(home, name))
 
 
-def test_a_spare_is_promoted_on_repair_and_on_scale_up_and_reserved_again(home: Path) -> None:
+@contextlib.contextmanager
+def one_rank_and_a_spare(home: Path, name: str, *flags: str) -> Iterator[str]:
+    """`name` up on three GPU workers with one rank of TP 2 and one spare; yields up's stderr.
+
+    Then down, which must leave no spare, host or group.
+    """
     while gpu_workers(home) < 3:
         assert run(home, "cluster", "add-node").returncode == 0
-    up = run(home, "up", "--name", "spare", "--dp", "1", "--tp", "2", "--spares", "1")
+    up = run(home, "up", "--name", name, "--dp", "1", "--tp", "2", "--spares", "1", *flags)
     assert up.returncode == 0, up.stderr
-    assert "reserved 1 spare" in up.stderr
     try:
+        yield up.stderr
+    finally:
+        down = run(home, "down", name)
+        assert down.returncode == 0, down.stderr
+    assert_gone(home, name)
+
+
+def test_a_spare_is_promoted_on_repair_and_on_scale_up_and_reserved_again(home: Path) -> None:
+    with one_rank_and_a_spare(home, "spare") as said:
+        assert "reserved 1 spare" in said
         first = status(home, "spare")
         (held,) = first["spares"]
         assert held["state"] == "reserved"
@@ -298,19 +313,11 @@ def test_a_spare_is_promoted_on_repair_and_on_scale_up_and_reserved_again(home: 
         final = status(home, "spare")
         assert final["ranks"][1]["ip"] == again["ip"]
         assert final["spares"] == []
-    finally:
-        down = run(home, "down", "spare")
-        assert down.returncode == 0, down.stderr
-    assert_gone(home, "spare")  # down leaves no spare, host or group
 
 
 def test_a_started_spare_becomes_the_lost_rank_without_a_new_placement(home: Path) -> None:
-    while gpu_workers(home) < 3:
-        assert run(home, "cluster", "add-node").returncode == 0
-    up = run(home, "up", "--name", "warm", "--dp", "1", "--tp", "2", "--spares", "1", "--spares-mode", "started")
-    assert up.returncode == 0, up.stderr
-    assert "started 1 spare" in up.stderr
-    try:
+    with one_rank_and_a_spare(home, "warm", "--spares-mode", "started") as said:
+        assert "started 1 spare" in said
         first = status(home, "warm")
         (held,) = first["spares"]
         assert held["state"] == "started"
@@ -326,7 +333,3 @@ def test_a_started_spare_becomes_the_lost_rank_without_a_new_placement(home: Pat
         assert "(was spare 0)" in log.stdout
         assert [s["state"] for s in after["spares"]] == ["started"]  # another spare started where there was room
         assert after["spares"][0]["ip"] not in (held["ip"], first["ranks"][0]["ip"])
-    finally:
-        down = run(home, "down", "warm")
-        assert down.returncode == 0, down.stderr
-    assert_gone(home, "warm")  # down leaves no spare, host or group
