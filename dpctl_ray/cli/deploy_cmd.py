@@ -117,7 +117,7 @@ def _report_up(cluster: Session, result: UpResult, output: options.Output) -> No
             console.info(f"{record.name} already runs with this spec ({size}): nothing to do")
         statuses = cluster.status(record.name)
     elif (launch := result.launch) is not None:
-        from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, SpareStatus  # noqa: PLC0415 - options.connect
+        from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, SpareStatus  # noqa: PLC0415 - see options.connect
 
         ips = sorted({r.ip for r in record.ranks})
         dropped = sum(launch.dropped.values())
