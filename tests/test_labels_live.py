@@ -94,6 +94,7 @@ def test_up_keeps_each_rank_in_one_rack_and_spreads_ranks_over_zones(home: Path)
         assert status.returncode == 0, status.stderr
         (deployment,) = json.loads(status.stdout)["deployments"]
         assert deployment["rank_within"] == "rack"
+        assert "\nlabels: rank_within rack\n" in run(home, "status", "racks").stdout  # the table's title says it
         by_ip = labels_by_ip(home)
         racks = [{by_ip[ip]["rack"] for ip in r["device_ips"]} for r in deployment["ranks"]]
         assert all(len(r) == 1 for r in racks), racks

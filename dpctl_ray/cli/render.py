@@ -346,7 +346,8 @@ def status_rows(ranks: Sequence[RankStatus], now: float) -> list[tuple[str, ...]
 def status_title(s: DeploymentStatus) -> str:
     """The line above a deployment's ranks: its shape, its state, its ranks' states and its supervisor's.
 
-    Why a supervisor stopped or waits goes on a line of its own: it can be long.
+    Its label rules go on a second line, as in the plan's title; why a supervisor stopped or waits on a line
+    of its own: it can be long.
     """
     if s.record is None:
         return f"{s.name}: leftovers without a record (`dpctl down {s.name}` removes them)"
@@ -359,13 +360,14 @@ def status_title(s: DeploymentStatus) -> str:
     busy = f"; `dpctl {s.busy['command']}` in progress" if s.busy else ""
     state = s.record.state.value
     group = ", group-coupled" if s.record.engine.coupling == "group" else ""
+    rules = f"\nlabels: {label_rules(spec)}" if spec.labels else ""
     watch = why = ""
     if s.supervisor is not None:
         watch = f"; supervisor {s.supervisor.get('state')}"
         why = f"\nsupervisor: {s.supervisor['reason']}" if s.supervisor.get("reason") else ""
     return (
         f"{s.name}: {plural(spec.dp, 'rank')} of {shape}, pack {spec.pack}, bundles {spec.bundles}{group}, "
-        f"{state}: {states}{busy}{watch}{why}"
+        f"{state}: {states}{busy}{watch}{rules}{why}"
     )
 
 
