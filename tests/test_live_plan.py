@@ -47,6 +47,17 @@ def test_a_captured_inventory_plans_exactly_like_the_live_cluster(live_cli: Invo
     assert all(r["nodes"][0] == live_doc["spec"]["master"] for r in live_doc["ranks"][:2])
 
 
+def test_inventory_o_json_prints_json_as_other_commands_do(
+    live_cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dpctl inventory -o json` prints the inventory as JSON on stdout and writes no file named json."""
+    monkeypatch.chdir(tmp_path)
+    result = live_cli("inventory", "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["nodes"]) == CLUSTER_SHAPE.nodes + 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_live_plan_counts_devices_another_job_holds(live_cli: Invoke, live: LocalState) -> None:
     """GPUs held by another placement group show as busy and are not planned on."""
     from ray.util.placement_group import placement_group, remove_placement_group

@@ -219,7 +219,12 @@ def write_file(path: str, text: str) -> None:
 def inventory_command(
     out: Annotated[
         Optional[str],
-        typer.Option("-o", "--out", help="Write here (.json for JSON, else YAML) instead of stdout.", metavar="FILE"),
+        typer.Option(
+            "-o",
+            "--out",
+            help="Write here (.json for JSON, else YAML) instead of stdout; `-o json` or `-o yaml` prints that format.",
+            metavar="FILE",
+        ),
     ] = None,
     file: options.ConfigFile = None,
     address: options.Address = None,
@@ -229,6 +234,8 @@ def inventory_command(
     ] = None,
 ) -> None:
     """Capture the live cluster's nodes (id, ip, head, totals, free, labels) as an inventory file."""
+    if out in ("json", "yaml") and fmt is None:  # every other command's `-o` is the format: never a file named json
+        fmt, out = options.Output(out), None
     config = options.resolve_config(file, address=address)
     nodes = live_nodes(config)
     doc = nodes_to_document(nodes)
