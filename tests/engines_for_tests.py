@@ -33,6 +33,22 @@ class NoStop:
         return Health(ok=True)
 
 
+class SlowFromRank(Complete):
+    """Ready at once below rank `slow_from`; ranks from it on load for `seconds` (a scale-up caught mid-load)."""
+
+    def __init__(self, slow_from: int = 1, seconds: float = 60.0) -> None:
+        self.slow_from, self.seconds = slow_from, seconds
+
+    def start(self, ctx: EngineContext, progress: Progress) -> None:
+        """Load for `seconds` when this rank is a slow one, reporting as it goes."""
+        import time
+
+        deadline = time.monotonic() + (self.seconds if ctx.rank >= self.slow_from else 0)
+        while time.monotonic() < deadline:
+            progress.progress(None, "loading slowly")
+            time.sleep(0.5)
+
+
 def _device_view() -> dict[str, object]:
     """What a device worker's process sees: its pid, the ids Ray granted it and CUDA_VISIBLE_DEVICES."""
     import os

@@ -60,8 +60,11 @@ def requests(draw: st.DrawFn, max_nodes: int = 8) -> PlanRequest:
 
 
 @st.composite
-def roomy_requests(draw: st.DrawFn) -> PlanRequest:
-    """Requests shaped to their cluster (node sizes drawn around world_size), so most are feasible."""
+def roomy_requests(draw: st.DrawFn, allow_list: bool = False) -> PlanRequest:
+    """Requests shaped to their cluster (node sizes drawn around world_size), so most are feasible.
+
+    An allow-list is drawn one time in four, or always with `allow_list`.
+    """
     pack = draw(st.sampled_from(["strict", "fill", "span"]))
     tp = draw(st.sampled_from([1, 2, 4, 8]))
     pp = draw(st.sampled_from([1, 1, 2]))
@@ -92,7 +95,7 @@ def roomy_requests(draw: st.DrawFn) -> PlanRequest:
         dp_local = draw(st.one_of(st.none(), st.none(), st.integers(min_value=1, max_value=min(dp, 4))))
     master = draw(st.sampled_from(ids)) if draw(st.integers(0, 4)) == 0 else "auto"
     allow: tuple[str, ...] = ()
-    if draw(st.integers(0, 3)) == 0:
+    if allow_list or draw(st.integers(0, 3)) == 0:
         allow = tuple(draw(st.lists(st.sampled_from(ids), min_size=1, max_size=count, unique=True)))
     cpus = draw(st.sampled_from([0.5, 1.0, 1.0, 2.0]))
     spec = Placement(dp=dp, tp=tp, pp=pp, dp_local=dp_local, pack=pack, master=master, nodes=allow, cpus=cpus)
@@ -104,9 +107,13 @@ DOMAINS = st.sampled_from(["x", "y", "y", None])
 
 
 @st.composite
-def labelled_requests(draw: st.DrawFn) -> PlanRequest:
+def labelled_requests(draw: st.DrawFn, needs: str | None = None) -> PlanRequest:
     """roomy_requests on nodes labelled with a zone and an NVLink domain (either sometimes missing), with label
-    options drawn: a selector, within, rank_within and spread (within and spread never on one label)."""
+    options drawn: a selector, within, rank_within and spread (within and spread never on one label).
+
+    `needs` names the option ("select", "within", "rank_within" or "spread") that every request then has, so a
+    property of that option is not drawn mostly without it.
+    """
     request = draw(roomy_requests())
     cluster = []
     for node in request.nodes:
@@ -114,7 +121,7 @@ def labelled_requests(draw: st.DrawFn) -> PlanRequest:
         labels = {k: v for k, v in (("zone", zone), ("domain", domain)) if v is not None}
         cluster.append(dataclasses.replace(node, labels=labels))
     select: tuple[LabelMatch, ...] = ()
-    if draw(st.integers(0, 3)) == 0:
+    if needs == "select" or draw(st.integers(0, 3)) == 0:
         select = (
             draw(
                 st.sampled_from(
@@ -126,10 +133,12 @@ def labelled_requests(draw: st.DrawFn) -> PlanRequest:
                 )
             ),
         )
-    within = draw(st.sampled_from([None, None, "zone", "domain"]))
-    spread = draw(st.sampled_from([None, "zone", "domain"]))
+
+    def label(option: str, unset: list[None]) -> str | None:
+        return draw(st.sampled_from(["zone", "domain"] if needs == option else [*unset, "zone", "domain"]))
+
+    within, spread, rank_within = label("within", [None, None]), label("spread", [None]), label("rank_within", [None])
     if spread == within:
-        spread = None
-    rank_within = draw(st.sampled_from([None, "domain", "zone"]))
+        within, spread = (None, spread) if needs == "spread" else (within, None)
     spec = dataclasses.replace(request.spec, select=select, within=within, rank_within=rank_within, spread=spread)
     return PlanRequest(name="prop", spec=spec, nodes=tuple(cluster))

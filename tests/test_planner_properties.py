@@ -141,10 +141,9 @@ def test_fill_master_hosts_exactly_dp_local(request: PlanRequest) -> None:
     assert Counter(r.nodes[0] for r in result.ranks)[result.spec.master] == result.spec.dp_local
 
 
-@given(roomy_requests())
+@given(roomy_requests(allow_list=True))
 def test_allow_list_is_respected(request: PlanRequest) -> None:
     """With an allow-list, every bundle lands on a node it names (by id or ip)."""
-    assume(request.spec.nodes)
     result = feasible(request)
     allowed = set(request.spec.nodes)
     by_id = {n.id: n for n in request.nodes}
@@ -216,10 +215,9 @@ def _value(request: PlanRequest, node: str, label: str) -> str:
     return next(n for n in request.nodes if n.id == node).labels.get(label, "")
 
 
-@given(labelled_requests())
+@given(labelled_requests(needs="rank_within"))
 def test_rank_within_never_crosses_values(request: PlanRequest) -> None:
     """With rank_within, all of a rank's nodes share one value of the label."""
-    assume(request.spec.rank_within is not None)
     result = feasible(request)
     label = request.spec.rank_within
     assert label is not None
@@ -227,10 +225,9 @@ def test_rank_within_never_crosses_values(request: PlanRequest) -> None:
         assert len({_value(request, n, label) for n in r.nodes}) == 1
 
 
-@given(labelled_requests())
+@given(labelled_requests(needs="within"))
 def test_within_uses_one_value(request: PlanRequest) -> None:
     """With within, every node of every rank holds the one value the plan chose."""
-    assume(request.spec.within is not None)
     result = feasible(request)
     label = request.spec.within
     assert label is not None
@@ -238,10 +235,9 @@ def test_within_uses_one_value(request: PlanRequest) -> None:
     assert used == {result.spec.within_value}
 
 
-@given(labelled_requests())
+@given(labelled_requests(needs="select"))
 def test_select_never_uses_a_non_matching_node(request: PlanRequest) -> None:
     """With selectors, every node a rank uses matches all of them (and so carries each selected label)."""
-    assume(request.spec.select)
     result = feasible(request)
     by_id = {n.id: n for n in request.nodes}
     for r in result.ranks:
@@ -249,11 +245,10 @@ def test_select_never_uses_a_non_matching_node(request: PlanRequest) -> None:
             assert all(m.matches(by_id[node].labels) for m in request.spec.select)
 
 
-@given(labelled_requests())
+@given(labelled_requests(needs="spread"))
 def test_spread_is_never_less_even_than_the_unconstrained_plan(request: PlanRequest) -> None:
     """With spread, the most ranks any one value holds is at most what the same request without spread puts there."""
     label = request.spec.spread
-    assume(label is not None)
     assert label is not None
     spread = feasible(request)
     plain = plan(dataclasses.replace(request, spec=dataclasses.replace(request.spec, spread=None)))

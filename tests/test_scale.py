@@ -204,8 +204,10 @@ def test_up_converges_dp_by_scaling_and_refuses_other_changes(live: LocalState, 
 
 def test_interrupted_scale_up_keeps_the_old_size(live: LocalState, tmp_path: Path) -> None:
     """Ctrl-C while new ranks load removes only them (exit 130); a SIGKILLed scale is recovered by the next one."""
-    config = demo_config(tmp_path, "steadfast", dp=1, tp=1, init_seconds=60)
-    assert dpctl("up", "-f", config, "--ready-timeout", "300", timeout=180).returncode == 0
+    config = tmp_path / "steadfast.yaml"  # rank 0 ready at once, a new rank loads for a minute
+    engine = {"kind": "python", "class": "tests.engines_for_tests:SlowFromRank", "args": {"slow_from": 1}}
+    config.write_text(json.dumps({"name": "steadfast", "placement": {"dp": 1, "tp": 1}, "engine": engine}))
+    assert dpctl("up", "-f", str(config), "--ready-timeout", "300", timeout=180).returncode == 0
     try:
         before = expect_ranks(live, "steadfast", 1)
         proc = dpctl_background("scale", "steadfast", "--dp", "2")
