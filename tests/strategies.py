@@ -134,10 +134,11 @@ def labelled_requests(draw: st.DrawFn, needs: str | None = None) -> PlanRequest:
             ),
         )
 
-    def label(option: str, unset: list[None]) -> str | None:
-        return draw(st.sampled_from(["zone", "domain"] if needs == option else [*unset, "zone", "domain"]))
+    def label(option: str, unset: int) -> str | None:
+        """A label for `option`: None in `unset` draws of `unset` + 2, unless the request needs the option."""
+        return draw(st.sampled_from([None] * (unset if needs != option else 0) + ["zone", "domain"]))
 
-    within, spread, rank_within = label("within", [None, None]), label("spread", [None]), label("rank_within", [None])
+    within, spread, rank_within = label("within", 2), label("spread", 1), label("rank_within", 1)
     if spread == within:
         within, spread = (None, spread) if needs == "spread" else (within, None)
     spec = dataclasses.replace(request.spec, select=select, within=within, rank_within=rank_within, spread=spread)

@@ -62,22 +62,22 @@ def plan_title(plan: Plan) -> str:
     )
     lines = [first]
     if s.labels:
-        lines.append(f"labels: {label_rules(s)}")
+        lines.append(labels_line(s))
     if s.spares:
         held = "idle engine hosts in each" if s.spares_mode == "started" else "a placement group each"
         lines.append(f"spares: {s.spares} ({s.spares_mode}: {held}); repair and scale-up take them first")
     return "\n".join(lines)
 
 
-def label_rules(spec: ResolvedSpec) -> str:
-    """The label options of a spec as a title states them (a second line, under the plan's shape)."""
+def labels_line(spec: ResolvedSpec) -> str:
+    """The label options of a spec as a title states them, on a line under the shape of a plan or deployment."""
     rules = [f"select {', '.join(map(str, spec.select))}"] if spec.select else []
     if spec.within is not None:
         rules.append(f"within {spec.within}={spec.within_value or '(none)'}")
     rules += [
         f"{name} {label}" for name, label in (("rank_within", spec.rank_within), ("spread", spec.spread)) if label
     ]
-    return "; ".join(rules)
+    return "labels: " + "; ".join(rules)
 
 
 def rank_rows(plan: Plan, limit: int | None = None, *, spares: bool = False) -> list[tuple[str, ...]]:
@@ -360,7 +360,7 @@ def status_title(s: DeploymentStatus) -> str:
     busy = f"; `dpctl {s.busy['command']}` in progress" if s.busy else ""
     state = s.record.state.value
     group = ", group-coupled" if s.record.engine.coupling == "group" else ""
-    rules = f"\nlabels: {label_rules(spec)}" if spec.labels else ""
+    rules = f"\n{labels_line(spec)}" if spec.labels else ""
     watch = why = ""
     if s.supervisor is not None:
         watch = f"; supervisor {s.supervisor.get('state')}"
