@@ -7,6 +7,7 @@ and readiness comes through Ray's own signals, as for a driver the nodes cannot 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,26 @@ def test_up_status_logs_scale_and_down_through_ray_client(live: LocalState) -> N
         down = dpctl("down", name, "--address", address, **hook_off)
         assert down.returncode == 0, down.stderr
     assert leftovers(live, name) == []
+
+
+def test_the_local_heads_client_server_forks_without_grpcs_fork_handlers(live: LocalState) -> None:
+    """Each Ray Client session is a process the head's client server forks; with gRPC's fork handlers on, about
+    one in five died at start (Ray issue #63202). A local cluster's head runs its client server without them."""
+    (proxy,) = [
+        proc
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit()
+        and _cmdline(proc).count(f"--port={live.client_port}")
+        and "--mode=proxy" in _cmdline(proc)
+    ]
+    environ = dict(
+        entry.split("=", 1) for entry in (proxy / "environ").read_text(errors="replace").split("\0") if "=" in entry
+    )
+    assert environ.get("GRPC_ENABLE_FORK_SUPPORT") == "false"
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_text(errors="replace").split("\0")
+    except OSError:  # gone, or not ours to read
+        return []
