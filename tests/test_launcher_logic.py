@@ -191,3 +191,40 @@ def test_a_record_scaled_below_its_dp_local_reads_back() -> None:
     record.spec = dataclasses.replace(record.spec, dp=1)
     record.ranks = record.ranks[:1]
     assert Record.from_json(record.to_json()).spec == record.spec
+
+
+# What `ray.init("ray://...")` raises when the server could not start the session: Ray's client worker puts
+# the proxier's traceback after this first line (ray/util/client/worker.py, server/proxier.py).
+DIED_AT_START = (
+    "Initialization failure from server:\n"
+    "Traceback (most recent call last):\n"
+    '  File ".../ray/util/client/server/proxier.py", line 770, in Datapath\n'
+    "    raise RuntimeError(\n"
+    "RuntimeError: Starting Ray client server failed. See ray_client_server_23002.err for detailed logs.\n"
+)
+
+
+def test_a_client_session_that_did_not_start_is_named_by_the_servers_reason() -> None:
+    from dpctl_ray.launcher.session import _client_session_not_started, _join_error
+
+    exc = ConnectionAbortedError(DIED_AT_START)
+    assert _client_session_not_started(exc)
+    error = _join_error(exc, "ray://head:10001", "--address", 3)
+    assert error.message == (
+        "the Ray Client server at ray://head:10001 could not start a session for dpctl (3 tries): "
+        "RuntimeError: Starting Ray client server failed. See ray_client_server_23002.err for detailed logs."
+    )
+    assert error.hint is not None
+    assert "GRPC_ENABLE_FORK_SUPPORT=false" in error.hint
+    assert error.code == "client_session_failed"
+
+
+def test_a_refused_runtime_env_is_not_tried_again() -> None:
+    from dpctl_ray.launcher.session import _client_session_not_started, _join_error
+
+    exc = ConnectionAbortedError(
+        "Initialization failure from server:\nTraceback ...\n"
+        "    serialized_runtime_env_context = self._create_runtime_env(\nRuntimeError: Failed to create runtime env"
+    )
+    assert not _client_session_not_started(exc)
+    assert _join_error(exc, "ray://head:10001", "--address").code == "bad_runtime_env"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dpctl_ray.launcher import local
 from dpctl_ray.launcher.local import LocalState
 from tests.conftest import dpctl, leftovers
 
@@ -63,3 +64,29 @@ def _cmdline(proc: Path) -> list[str]:
         return (proc / "cmdline").read_text(errors="replace").split("\0")
     except OSError:  # gone, or not ours to read
         return []
+
+
+def test_a_session_the_client_server_cannot_start_is_tried_again_then_named(tmp_path: Path) -> None:
+    """A Ray Client server that cannot start a driver's session (here: it gives the session's server no time to
+    answer) is asked three times, each retry said on stderr, then one line names the server's reason."""
+    home = tmp_path / "home"
+    no_time = {"DPCTL_HOME": str(home), "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "0"}
+    started = dpctl("cluster", "up", "--nodes", "0", **no_time)
+    assert started.returncode == 0, started.stderr
+    try:
+        state = local.load_state_at(home)
+        assert state is not None
+        assert state.client_port
+        # The server keeps a failed session for the client's reconnect grace period (30 s) before it answers.
+        quick = {"RAY_CLIENT_RECONNECT_GRACE_PERIOD": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+        address = f"ray://127.0.0.1:{state.client_port}"
+        status = dpctl("status", "--address", address, **state.env(), **quick, DPCTL_HOME=str(home))
+        assert status.returncode == 2
+        assert status.stdout == ""
+        *retries, error, hint = status.stderr.strip().splitlines()
+        assert [r.split(";")[-1] for r in retries] == [" trying again (2/3)", " trying again (3/3)"]
+        assert error.startswith(f"dpctl: error: the Ray Client server at {address} could not start a session")
+        assert "(3 tries): RuntimeError: Proxy failed to Connect to backend!" in error
+        assert "ray_client_server" in hint
+    finally:
+        dpctl("cluster", "down", DPCTL_HOME=str(home))

@@ -170,8 +170,9 @@ def connect(cluster: ClusterConfig, **how: Any) -> AbstractContextManager[Sessio
     """`launcher.cluster.connect`, imported when a command first needs the cluster.
 
     Commands that never reach Ray (`plan` of an inventory file, `--help`, bad flags) then never load the
-    launcher, which is ~15 ms of every such run.
+    launcher, which is ~15 ms of every such run. What the launcher says while joining goes to stderr.
     """
     from dpctl_ray.launcher.cluster import connect as join  # noqa: PLC0415 - see above
 
+    how.setdefault("say", console.info)
     return join(cluster, **how)

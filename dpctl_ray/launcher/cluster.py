@@ -125,5 +125,5 @@ def connect(
         from dpctl_ray.launcher import shipping  # noqa: PLC0415 - only for Ray Client
 
         ship = shipping.code_only()  # through Ray Client, dpctl reads the GCS with tasks in the cluster
-    with Session.join(target.address, target.source, ship) as session:
+    with Session.join(target.address, target.source, ship, say) as session:
         yield session

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,23 +26,39 @@ class Session:
 
     @classmethod
     @contextmanager
-    def join(cls, address: str, source: str, runtime_env: dict[str, Any] | None = None) -> Iterator[Session]:
+    def join(
+        cls,
+        address: str,
+        source: str,
+        runtime_env: dict[str, Any] | None = None,
+        say: Callable[[str], None] = lambda _: None,
+    ) -> Iterator[Session]:
         """Join the cluster at `address` as a driver in the dpctl namespace; leave it on exit.
 
-        `runtime_env`: the job's, for commands that run code on the nodes (see `shipping`).
+        `runtime_env`: the job's, for commands that run code on the nodes (see `shipping`). `say` tells of a
+        Ray Client session tried again.
         """
         if ray.is_initialized():
             ray.shutdown()
-        try:
-            ray.init(
-                address=address,
-                namespace=records.NAMESPACE,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                runtime_env=runtime_env,
-            )
-        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-            raise _join_error(exc, address, source) from None
+        for attempt in range(1, CLIENT_SESSION_TRIES + 1):
+            try:
+                ray.init(
+                    address=address,
+                    namespace=records.NAMESPACE,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    runtime_env=runtime_env,
+                )
+                break
+            except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+                if attempt < CLIENT_SESSION_TRIES and _client_session_not_started(exc):
+                    say(
+                        f"the Ray Client server at {address} could not start a session ({_server_reason(exc)}); "
+                        f"trying again ({attempt + 1}/{CLIENT_SESSION_TRIES})"
+                    )
+                    time.sleep(attempt)
+                    continue
+                raise _join_error(exc, address, source, attempt) from None
         _cluster_messages_to_stderr()
         # A failed launch abandons the calls still running on the hosts it stops; their errors are already
         # reported in dpctl's own words, so Ray's "Unhandled error" dumps of them are not printed.
@@ -116,7 +133,29 @@ _VERSIONS = re.compile(
 )
 
 
-def _join_error(exc: Exception, address: str, source: str) -> ClusterUnreachable:
+# A Ray Client server (ray://) forks one server process per session. That process may die at start (gRPC's
+# fork handlers; Ray issue #63202) or not answer within 30 s under load; the next session's usually starts.
+# No session exists after a failed start, so trying again is safe: at most this many tries in all.
+CLIENT_SESSION_TRIES = 3
+_CLIENT_INIT_FAILED = "Initialization failure from server"
+
+
+def _client_session_not_started(exc: Exception) -> bool:
+    """Whether a Ray Client server failed to start this driver's session for a reason another try may not meet.
+
+    A refused runtime_env is refused again, so it is not one.
+    """
+    text = str(exc)
+    return _CLIENT_INIT_FAILED in text and "runtime_env" not in text
+
+
+def _server_reason(exc: Exception) -> str:
+    """The reason a Ray Client server sent: its traceback's last line (its session did not start, or not in time)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return one_line(lines[-1] if lines else type(exc).__name__, 300)
+
+
+def _join_error(exc: Exception, address: str, source: str, tries: int = 1) -> ClusterUnreachable:
     """Why `ray.init` failed, in dpctl's words: a version mismatch and a refused runtime_env say what to do."""
     text = str(exc)
     versions = _VERSIONS.search(text)
@@ -145,6 +184,19 @@ def _join_error(exc: Exception, address: str, source: str) -> ClusterUnreachable
             f"Ray refused the runtime_env to ship to {address}: {one_line(text, 300)}",
             hint="check cluster.runtime_env in the config",
             code="bad_runtime_env",
+        )
+    if _client_session_not_started(exc):
+        return ClusterUnreachable(
+            f"the Ray Client server at {address} could not start a session for dpctl "
+            f"({tries} {'try' if tries == 1 else 'tries'}): {_server_reason(exc)}",
+            hint=(
+                "a session server that dies at start is Ray issue #63202: start the head with "
+                "GRPC_ENABLE_FORK_SUPPORT=false in its environment"
+                if "Starting Ray client server failed" in text
+                else "the head's logs say why: ray_client_server*.err in the session's logs directory "
+                "(/tmp/ray/session_latest/logs by default)"
+            ),
+            code="client_session_failed",
         )
     first = text.splitlines()[0] if text.strip() else type(exc).__name__
     return ClusterUnreachable(
