@@ -86,7 +86,10 @@ def test_a_session_the_client_server_cannot_start_is_tried_again_then_named(tmp_
         *retries, error, hint = status.stderr.strip().splitlines()
         assert [r.split(";")[-1] for r in retries] == [" trying again (2/3)", " trying again (3/3)"]
         assert error.startswith(f"dpctl: error: the Ray Client server at {address} could not start a session")
-        assert "(3 tries): RuntimeError: Proxy failed to Connect to backend!" in error
+        # The server's reason: no answer in time (what this head is made to do), or a session server that died
+        # at start (Ray issue #63202, rare with the head's gRPC fork handlers off).
+        reasons = ("Proxy failed to Connect to backend!", "Starting Ray client server failed.")
+        assert any(f"(3 tries): RuntimeError: {reason}" in error for reason in reasons), error
         assert "ray_client_server" in hint
     finally:
         dpctl("cluster", "down", DPCTL_HOME=str(home))
