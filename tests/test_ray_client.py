@@ -46,24 +46,20 @@ def test_up_status_logs_scale_and_down_through_ray_client(live: LocalState) -> N
 def test_the_local_heads_client_server_forks_without_grpcs_fork_handlers(live: LocalState) -> None:
     """Each Ray Client session is a process the head's client server forks; with gRPC's fork handlers on, about
     one in five died at start (Ray issue #63202). A local cluster's head runs its client server without them."""
-    (proxy,) = [
-        proc
-        for proc in Path("/proc").iterdir()
-        if proc.name.isdigit()
-        and _cmdline(proc).count(f"--port={live.client_port}")
-        and "--mode=proxy" in _cmdline(proc)
-    ]
+    proxy_args = {f"--port={live.client_port}", "--mode=proxy"}
+    (proxy,) = [proc for proc in Path("/proc").iterdir() if proc.name.isdigit() and proxy_args <= _cmdline(proc)]
     environ = dict(
         entry.split("=", 1) for entry in (proxy / "environ").read_text(errors="replace").split("\0") if "=" in entry
     )
     assert environ.get("GRPC_ENABLE_FORK_SUPPORT") == "false"
 
 
-def _cmdline(proc: Path) -> list[str]:
+def _cmdline(proc: Path) -> set[str]:
+    """A process's arguments (none when it is gone or not ours to read)."""
     try:
-        return (proc / "cmdline").read_text(errors="replace").split("\0")
-    except OSError:  # gone, or not ours to read
-        return []
+        return set((proc / "cmdline").read_text(errors="replace").split("\0"))
+    except OSError:
+        return set()
 
 
 def test_a_session_the_client_server_cannot_start_is_tried_again_then_named(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ _CLIENT_INIT_FAILED = "Initialization failure from server"
 
 
 def _client_session_not_started(exc: Exception) -> bool:
-    """Whether a Ray Client server failed to start this driver's session for a reason another try may not meet.
+    """Whether a Ray Client server could not start this session for a reason that may pass on another try.
 
     A refused runtime_env is refused again, so it is not one.
     """
