@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dpctl_ray import values
+from dpctl_ray import envsubst, values
 from dpctl_ray.engines.spec import DemoSpec, EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.files import load_document
@@ -227,6 +228,7 @@ class Config:
     recovery: Recovery = field(default_factory=Recovery)
     source: str | None = None
     spelled: Mapping[str, str] = field(default_factory=dict)  # placement keys given as flags: name -> flag
+    named: bool = False  # the name was given (in the file or by --name), not the default
 
 
 _KEYS: Mapping[str, tuple[str, ...]] = {
@@ -250,7 +252,7 @@ def load_config(path: str | None) -> Config:
     if doc is None:
         doc = {}
     try:
-        return config_from_document(doc, source=path)
+        return config_from_document(envsubst.expand(doc, os.environ), source=path)
     except BadInput as exc:
         raise type(exc)(f"{path}: {exc.message}", hint=exc.hint) from None
 
@@ -267,6 +269,7 @@ def config_from_document(doc: object, source: str | None = None) -> Config:
     shape = base.cluster.local
     return Config(
         name=deployment_name(root.get("name", base.name), "name"),
+        named="name" in root,
         cluster=ClusterConfig(
             address=values.text(cluster.get("address", base.cluster.address), "cluster.address"),
             local=LocalCluster(

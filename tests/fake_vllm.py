@@ -17,10 +17,12 @@ What it checks, from vLLM 0.33 (../shared/VLLM.md):
 
 Knobs for tests come through the environment (vLLM's own flags stay exactly vLLM's): FAKE_VLLM_LOAD_SECONDS
 (loading time), FAKE_VLLM_CRASH_AFTER (exit 3 while loading), FAKE_VLLM_DIE_AFTER (the engine dies after it
-serves: /health 503), FAKE_VLLM_CRASH_AT_DP (crash while loading at this --data-parallel-size),
-FAKE_VLLM_CRASH_IF_EXISTS (crash while loading while this file exists),
-FAKE_VLLM_HANDSHAKE_SECONDS (how long a rank keeps trying rank 0), FAKE_VLLM_EXTRA (echoed back).
-GET /dpctl-test answers what it was started with.
+serves: /health 503, then the server exits with code 0, as vLLM's does), FAKE_VLLM_CRASH_AT_DP (crash while
+loading at this --data-parallel-size), FAKE_VLLM_CRASH_IF_EXISTS (crash while loading while this file exists),
+FAKE_VLLM_DIE_IF_EXISTS (the engine dies once this file exists), FAKE_VLLM_HANDSHAKE_SECONDS (how long a rank
+keeps trying rank 0), FAKE_VLLM_EXTRA (echoed back).
+GET /dpctl-test answers what it was started with; /v1/models, POST /v1/completions and /metrics answer in
+vLLM's shapes (the completion's text is noise, as the tiny real model's is).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -70,6 +73,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-expert-parallel", "-ep", action="store_true")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--shutdown-timeout", type=int, default=0)
+    p.add_argument("--disable-uvicorn-access-log", action="store_true")
+    p.add_argument("--disable-access-log-for-endpoints", default=None)
     return p
 
 
@@ -304,6 +311,15 @@ def main() -> None:
     die_after = os.environ.get("FAKE_VLLM_DIE_AFTER")
     if die_after is not None:
         threading.Timer(float(die_after), dead.set).start()
+    die_if = os.environ.get("FAKE_VLLM_DIE_IF_EXISTS")
+    if die_if:
+
+        def die_on_file() -> None:
+            while not os.path.exists(die_if):  # noqa: PTH110
+                time.sleep(0.1)
+            dead.set()
+
+        threading.Thread(target=die_on_file, daemon=True).start()
     for link in links:  # a group member whose peer is gone is dead too
 
         def watch(peer: Link = link) -> None:
@@ -327,23 +343,80 @@ def main() -> None:
         "extra": os.environ.get("FAKE_VLLM_EXTRA"),
     }
 
+    served = {"count": 0}
+
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b""
-            if self.path == "/health":
-                self.send_response(503 if dead.is_set() else 200)
-            elif self.path == "/dpctl-test":
-                body = json.dumps(started).encode()
-                self.send_response(200)
-            else:
-                self.send_response(404)
+        def answer(self, code: int, body: bytes = b"", kind: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path == "/health":
+                self.answer(503 if dead.is_set() else 200)
+            elif path == "/dpctl-test":
+                self.answer(200, json.dumps(started).encode())
+            elif path == "/v1/models":
+                model = {"id": a.model, "object": "model", "owned_by": "vllm", "max_model_len": a.max_model_len}
+                self.answer(200, json.dumps({"object": "list", "data": [model]}).encode())
+            elif path == "/metrics":  # the gauges and counter dpctl reads, in vLLM's names
+                labels = f'engine="0",model_name="{a.model}"'
+                text = (
+                    f"vllm:num_requests_running{{{labels}}} 0.0\n"
+                    f"vllm:num_requests_waiting{{{labels}}} 0.0\n"
+                    f"vllm:kv_cache_usage_perc{{{labels}}} 0.0\n"
+                    f'vllm:request_success_total{{{labels},finished_reason="length"}} {served["count"]}.0\n'
+                )
+                self.answer(200, text.encode(), "text/plain; version=0.0.4")
+            else:
+                self.answer(404, b'{"detail":"Not Found"}')
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                request = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                request = None
+            if self.path.split("?")[0] != "/v1/completions":
+                self.answer(404, b'{"detail":"Not Found"}')
+            elif dead.is_set():
+                self.answer(500, b'{"error":{"message":"EngineCore encountered an issue","type":"EngineDeadError"}}')
+            elif not isinstance(request, dict) or request.get("model") != a.model:
+                self.answer(404, json.dumps({"error": {"message": f"The model `{request}` does not exist."}}).encode())
+            else:
+                served["count"] += 1
+                tokens = int(request.get("max_tokens") or 16)
+                choice = {"index": 0, "text": " stand-in" * tokens, "finish_reason": "length"}
+                usage = {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1}
+                doc = {"id": f"cmpl-{served['count']}", "object": "text_completion", "model": a.model}
+                self.answer(200, json.dumps({**doc, "choices": [choice], "usage": usage}).encode())
+
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+            if a.disable_uvicorn_access_log or self.path.split("?")[0] in quiet:
+                return
             print(f"INFO: {self.address_string()} - {format % args}", flush=True)
 
+    quiet = set((a.disable_access_log_for_endpoints or "").split(","))
+
+    def exit_when_dead() -> None:  # as vLLM's API server: /health 503 at once, then it leaves by itself (code 0)
+        dead.wait()
+        time.sleep(2)
+        print("ERROR AsyncLLM output_handler failed.", flush=True)
+        print(
+            "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace.", flush=True
+        )
+        os._exit(0)
+
+    threading.Thread(target=exit_when_dead, daemon=True).start()
+
+    def stop(signum: int, frame: object) -> None:  # as vLLM's API server: a SIGTERM is a clean exit
+        print("INFO:     Shutting down", flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     server = ThreadingHTTPServer((a.host or "0.0.0.0", a.port), Handler)  # noqa: S104 - as vLLM
     print("INFO:     Application startup complete.", flush=True)
     server.serve_forever()

@@ -228,3 +228,29 @@ def test_a_refused_runtime_env_is_not_tried_again() -> None:
     )
     assert not _client_session_not_started(exc)
     assert _join_error(exc, "ray://head:10001", "--address").code == "bad_runtime_env"
+
+
+class _Deployments:
+    """A session that knows only the names of the deployments in its cluster."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = list(names)
+
+    def deployments(self) -> list[str]:
+        return self.names
+
+
+def test_a_command_without_a_name_takes_the_only_deployment_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """NAME, else a name the config gave, else the one deployment there is (said on stderr); several: say which."""
+    from dpctl_ray.cli import options
+    from dpctl_ray.config import Config
+    from dpctl_ray.errors import BadInput
+
+    unnamed, named = Config(), dataclasses.replace(Config(), name="mine", named=True)
+    assert options.target("given", unnamed, _Deployments("a", "b")) == "given"  # type: ignore[arg-type]
+    assert options.target(None, named, _Deployments("a")) == "mine"  # type: ignore[arg-type]
+    assert options.target(None, unnamed, _Deployments("vllm-cpu")) == "vllm-cpu"  # type: ignore[arg-type]
+    assert "using deployment vllm-cpu, the only one in this cluster" in capsys.readouterr().err
+    assert options.target(None, unnamed, _Deployments()) == "demo"  # type: ignore[arg-type]  # says it is not there
+    with pytest.raises(BadInput, match=r"NAME: this cluster has 2 deployments \(a, b\); say which"):
+        options.target(None, unnamed, _Deployments("b", "a"))  # type: ignore[arg-type]

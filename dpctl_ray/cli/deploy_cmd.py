@@ -13,7 +13,6 @@ from dpctl_ray.cli.live import LiveView
 from dpctl_ray.cli.render import RANK_COLUMNS, Column, delta_rows, delta_title, plural, table
 from dpctl_ray.cli.status_cmd import NameArg, print_document, print_statuses, show_statuses
 from dpctl_ray.config import Config
-from dpctl_ray.engines.base import RankState
 from dpctl_ray.errors import BadInput, ClusterUnreachable
 from dpctl_ray.files import load_document
 from dpctl_ray.launcher import shipping
@@ -117,8 +116,6 @@ def _report_up(cluster: Session, result: UpResult, output: options.Output) -> No
             console.info(f"{record.name} already runs with this spec ({size}): nothing to do")
         statuses = cluster.status(record.name)
     elif (launch := result.launch) is not None:
-        from dpctl_ray.launcher.status import DeploymentStatus, RankStatus, SpareStatus  # noqa: PLC0415 - see options.connect
-
         ips = sorted({r.ip for r in record.ranks})
         dropped = sum(launch.dropped.values())
         note = f"; dropped {dropped} foreign or malformed readiness frames" if dropped else ""
@@ -127,23 +124,7 @@ def _report_up(cluster: Session, result: UpResult, output: options.Output) -> No
             f"on {plural(len(ips), 'node')} ({', '.join(ips)}){note}"
         )
         console.info(f"  see `dpctl status {record.name}`; remove with `dpctl down {record.name}`")
-        ranks = [
-            RankStatus(
-                r.rank,
-                r.local_rank,
-                RankState.READY,
-                r.control,
-                r.ip,
-                r.granted,
-                r.since,
-                device_ips=r.device_ips,
-                dp=record.spec.dp,
-            )
-            for r in record.ranks
-        ]
-        state = "started" if record.spec.spares_mode == "started" else "reserved"  # up waited for them
-        held = [SpareStatus(s.rank, s.nodes, s.ip, sum(s.devices), state) for s in record.spares]
-        statuses = [DeploymentStatus(record.name, record, ranks, spares=held)]
+        statuses = cluster.status(record.name)  # as `status` shows them, with each rank's detail
     else:
         statuses = cluster.status(record.name)
     if output is options.Output.table:
@@ -179,8 +160,8 @@ def scale_command(
         raise BadInput("--dp: the new number of ranks is required", hint="e.g. dpctl scale demo --dp 4")
     config = options.resolve_config(file, address=address, placement={"dp": dp})
     config = _with_timeouts(config, ready=("--timeout", timeout))
-    target = name or config.name
     with options.connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
+        target = options.target(name, config, cluster)
         result = cluster.scale(target, config.placement.dp, config.timeouts, dry_run=dry_run, observer=LiveView(target))
         _report_scale(cluster, result, output)
 
@@ -209,6 +190,7 @@ def _report_scale(cluster: Session, result: ScaleResult, output: options.Output)
                 output,
             )
             return
+        console.info("dry run: nothing changed; this is what the scale would do")
         if delta.added:
             console.print_data(
                 table(RANK_COLUMNS, delta_rows(delta), title=delta_title(delta, restart=result.restarted))
@@ -220,7 +202,6 @@ def _report_scale(cluster: Session, result: ScaleResult, output: options.Output)
                 f"the ranks are group-coupled: every running rank's process restarts with dp {delta.after} "
                 "(their placement groups and devices are kept)"
             )
-        console.info("dry run: nothing changed")
         return
     else:
         verb = (
@@ -256,8 +237,8 @@ def repair_command(
     """Place lost ranks again (node gone, engine dead, process exited, failed): the healthy ones are not touched."""
     config = options.resolve_config(file, address=address)
     config = _with_timeouts(config, ready=("--timeout", timeout))
-    target = name or config.name
     with options.connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
+        target = options.target(name, config, cluster)
         result = cluster.repair(target, config.timeouts, dry_run=dry_run, observer=LiveView(target))
         _report_repair(cluster, result, output)
 
@@ -301,10 +282,10 @@ def _report_repair(cluster: Session, result: RepairResult, output: options.Outpu
                     output,
                 )
                 return
+            console.info("dry run: nothing changed; this is what the repair would do")
             console.print_data(table(REPAIR_COLUMNS, rows, title=f"{record.name}: repair {plural(len(rows), 'rank')}"))
             if result.restarted:
                 console.info("the ranks are group-coupled: every rank's process restarts with the repaired ones")
-            console.info("dry run: nothing changed")
             return
         _warn_unstreamed(result.launch)
         them = "it" if len(rows) == 1 else "them"
@@ -363,7 +344,7 @@ def down_command(
             if not targets:
                 console.info("no dpctl deployments in this cluster: nothing to remove")
         else:
-            targets = [name or config.name]
+            targets = [options.target(name, config, cluster)]
         for target in targets:
             _report_down(cluster.down(target, force=force))
 
@@ -376,3 +357,5 @@ def _report_down(result: DownResult) -> None:
         f"{result.name}: removed {plural(result.engines, 'engine')}, "
         f"{plural(len(result.groups), 'placement group')}" + (" and its record" if result.record else "")
     )
+    for line in result.killed:
+        console.info(f"{result.name}: killed a process it left running: {line}")

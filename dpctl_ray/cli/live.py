@@ -13,6 +13,7 @@ from dpctl_ray.planner.model import Plan
 from dpctl_ray.planner.scale import ScalePlan
 
 REFRESH_SECONDS = 0.1
+LINE_SECONDS = 1.0  # line mode: at most one loading line per rank this often (an engine may log a flood)
 
 
 class LiveView:
@@ -25,7 +26,7 @@ class LiveView:
         self.started = time.monotonic()
         self._live: Any = None
         self._drawn = 0.0
-        self._printed: dict[int, RankPhase] = {}
+        self._printed: dict[int, tuple[RankPhase, str, float]] = {}  # rank -> last line's phase, message, time
 
     def planned(self, plan: Plan) -> None:
         """Say what is about to be launched."""
@@ -62,12 +63,18 @@ class LiveView:
         if not self.lines:
             self._draw(force=True)
             return
-        if self._printed.get(rank.rank) is rank.phase:
-            return  # one line per phase, not per progress step
-        self._printed[rank.rank] = rank.phase
+        now = time.monotonic()
+        phase, message, at = self._printed.get(rank.rank, (None, "", 0.0))
+        if phase is rank.phase and (
+            rank.phase is not RankPhase.LOADING or rank.message in ("", message) or now - at < LINE_SECONDS
+        ):
+            return  # a line per phase, and per loading message (at most one a second)
+        self._printed[rank.rank] = (rank.phase, rank.message, now)
         where = f" on {rank.ip}" if rank.ip and rank.ip != "?" else ""
         text = rank.phase.value
-        if rank.phase is RankPhase.READY:
+        if rank.phase is RankPhase.LOADING and rank.message:
+            text = f"loading: {rank.message}"
+        elif rank.phase is RankPhase.READY:
             text = f"ready{where}, devices {devices_text(rank.devices, rank.device_ips)} ({rank.ready_in or 0:.1f}s)"
         elif rank.phase is RankPhase.FAILED:
             text = f"failed: {rank.message.splitlines()[0] if rank.message else ''}"

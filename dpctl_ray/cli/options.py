@@ -121,6 +121,7 @@ def resolve_config(
         changes["placement"] = placement_overrides(config.placement, placement, prefix="--")
     if name is not None:
         changes["name"] = deployment_name(name, "--name")
+        changes["named"] = True
     if address is not None:
         if not address.strip():
             raise ConfigError("--address: must not be empty")
@@ -128,6 +129,28 @@ def resolve_config(
     config = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
     check_spec(config.placement, spelled)
     return config
+
+
+def target(name: str | None, config: Config, cluster: Session) -> str:
+    """The deployment a command acts on: NAME, else the config's name if it gave one, else the only one there is.
+
+    With several deployments and no name to go by, the user must say which (exit 2).
+    """
+    if name:
+        return name
+    if config.named:
+        return config.name
+    existing = sorted(cluster.deployments())
+    if len(existing) == 1:
+        console.info(f"using deployment {existing[0]}, the only one in this cluster")
+        return existing[0]
+    if len(existing) > 1:
+        raise BadInput(
+            f"NAME: this cluster has {len(existing)} deployments ({', '.join(existing)}); say which",
+            hint=f"e.g. `dpctl status {existing[0]}`",
+            code="name_needed",
+        )
+    return config.name  # none: the command says that there is no such deployment
 
 
 def resolve_engine(config: Config) -> Config:

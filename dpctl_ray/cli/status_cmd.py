@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from dpctl_ray.launcher.status import DeploymentStatus
 
 NameArg = Annotated[
-    Optional[str], typer.Argument(help="Deployment name (default: from the config, else demo).", metavar="NAME")
+    Optional[str],
+    typer.Argument(
+        help="Deployment name (default: the config's name, else the only deployment there is).", metavar="NAME"
+    ),
 ]
 
 
@@ -66,7 +69,7 @@ def logs_command(
     config = options.resolve_config(file, address=address)
     # The logs are read on the nodes, by dpctl's code there.
     with options.connect(config.cluster, start_local=False, ship=shipping.code_only()) as cluster:
-        sources = cluster.log_sources(name or config.name, ranks)
+        sources = cluster.log_sources(options.target(name, config, cluster), ranks)
         for source in sources:
             if not source.alive:
                 console.warn(f"rank {source.rank}: its node is gone, so is its log ({source.path})")
@@ -127,6 +130,7 @@ def spares_line(s: DeploymentStatus) -> str:
 
 
 RECENT_EVENTS = 3  # repair events under a deployment's table (-o json lists every one kept)
+EVENT_CAUSE_WIDTH = 60  # a cause is a rank's whole detail; the table above shows it, the event a glimpse
 
 
 def event_line(event: dict[str, Any]) -> str:
@@ -135,7 +139,10 @@ def event_line(event: dict[str, Any]) -> str:
     if event.get("cause") == "supervisor":
         return f"  {stamp}  supervisor: {event.get('result')}"
     move = f"{event.get('from') or '?'} -> {event.get('to')}" if event.get("to") else f"on {event.get('from') or '?'}"
-    return f"  {stamp}  rank {event.get('rank')}  {event.get('cause')}: {move}, {event.get('result')}"
+    cause = str(event.get("cause"))
+    if len(cause) > EVENT_CAUSE_WIDTH:
+        cause = cause[: EVENT_CAUSE_WIDTH - 1] + "…"
+    return f"  {stamp}  rank {event.get('rank')}  {cause}: {move}, {event.get('result')}"
 
 
 def _watch(gather: Callable[[], list[DeploymentStatus]], interval: float) -> None:

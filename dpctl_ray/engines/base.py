@@ -113,3 +113,4 @@ class HostReport:
     argv: tuple[str, ...] = ()  # its process's command line and environment additions
     env: tuple[tuple[str, str], ...] = ()
     api: bool = False  # its process serves (it is not headless)
+    ended: bool = False  # its process has exited (a failure's cause, where a peer that lost it is only unhealthy)

@@ -14,42 +14,60 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from dpctl_ray.engines import exits, leftovers
 from dpctl_ray.engines.base import EngineError, Health, Progress
 from dpctl_ray.engines.work import ProcessWork
 
 POLL_SECONDS = 0.1
-TAIL_LINES = 6
-TAIL_WIDTH = 120  # an error is one line of at most 1000 characters: the last log lines must fit in it
 _OWN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d dpctl: ")  # what the host writes, not the process
 
-# Run the command through a two-line exec shim that asks Linux to SIGKILL it when the thread that
-# started it dies: if the engine actor is killed outright, its process does not outlive it.
-_DIE_WITH_PARENT = (
+# Run the command through a small exec shim. It asks Linux to SIGKILL the command when the thread that started
+# it dies (if the engine host is killed outright, its process does not outlive it), and first forks a watchdog
+# into the command's process group: when the command dies, however it dies, the watchdog SIGKILLs the whole
+# group, so what the command started (vLLM's EngineCore and Worker, holding the devices) goes with it.
+_WATCHDOG = (
+    "import os, signal, sys, time\n"
+    "# dpctl watchdog: kills its process group once the process it watches is gone\n"
+    "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_IGN)\n"
+    "watched = int(sys.argv[1])\n"
+    "while os.getppid() == watched: time.sleep(0.2)\n"
+    "os.killpg(0, signal.SIGKILL)\n"
+)
+_SHIM = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"  # PR_SET_PDEATHSIG
     "os.getppid() == int(sys.argv[1]) or os._exit(1)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "me = os.getpid()\n"
+    "if os.fork() == 0:\n"
+    "    os.execv(sys.executable, [sys.executable, '-c', sys.argv[2], str(me)])\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
 )
+HEALTH_TIMEOUT = 1.0
 
 
 class CommandEngine:
     """Runs one rendered process: starts it, waits for its readiness check, stops it with SIGTERM then SIGKILL."""
 
-    def __init__(self, work: ProcessWork, log_path: str, node_ip: str) -> None:
+    def __init__(self, work: ProcessWork, log_path: str, node_ip: str, owner: Owner) -> None:
         self.work = work
         self.progress_pattern = re.compile(work.spec.progress) if work.spec.progress else None
         self.stop_grace = work.spec.stop_grace
         self.log_path = log_path
         self.node_ip = node_ip
+        self.owner = owner
+        self.instance = uuid.uuid4().hex[:12]
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.proc_log_start = 0
+        self.ready = False  # passed its readiness check: an exit from then on is a crash, whatever its code
         self._waiter: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._stopped = False  # stop() came first: the process must not start afterwards
+        self._stopped = False  # stop() came first: the process must not start afterwards, and its exit is ours
 
     def start(self, log: Callable[[str], None], progress: Progress) -> None:
         """Start the process; return when its readiness check passes (at once when headless), raise if it exits."""
@@ -59,6 +77,10 @@ class CommandEngine:
         program = shutil.which(argv[0], path=env.get("PATH"))
         if program is None:
             raise EngineError(f"engine.argv[0]: {argv[0]!r} not found on node {self.node_ip} (PATH={env.get('PATH')})")
+        swept = leftovers.kill(self.owner.deployment, self.work.ranks, self.owner.node_index, keep=self.instance)
+        for line in swept:
+            log(f"dpctl: killed a process an earlier start of these ranks left running: {line}")
+        env.update(leftovers.marks(self.owner.deployment, self.work.ranks, self.owner.node_index, self.instance))
         log(f"dpctl: starting {' '.join(argv)}" + (" (headless)" if self.work.ready is None else ""))
         for key in sorted(extra_env):
             log(f"dpctl:   {key}={extra_env[key]}")
@@ -72,13 +94,12 @@ class CommandEngine:
             self._report(lines, progress)
             matched = pattern is not None and any(pattern.search(line) for line in lines)
             if (ready is None or matched) and self.returncode is None:
+                self.ready = True
                 return
             if self.returncode is not None:
-                raise EngineError(
-                    f"`{argv[0]}` exited with code {self.returncode} before it was ready; "
-                    f"last log lines ({self.log_path}):\n{self.tail()}"
-                )
-            if ready is not None and pattern is None and _check(ready.kind, ready.target):
+                raise EngineError(f"`{argv[0]}` {self._ended()}")
+            if ready is not None and pattern is None and _check(ready.kind, ready.target) == "ok":
+                self.ready = True
                 return
             time.sleep(POLL_SECONDS)
 
@@ -86,7 +107,7 @@ class CommandEngine:
         started = threading.Event()
         errors: list[BaseException] = []
         if sys.platform.startswith("linux"):
-            argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+            argv = [sys.executable, "-c", _SHIM, str(os.getpid()), _WATCHDOG, *argv]
         self.proc_log_start = Path(self.log_path).stat().st_size if Path(self.log_path).exists() else 0
 
         def run() -> None:
@@ -105,12 +126,20 @@ class CommandEngine:
                         cwd=cwd,
                         start_new_session=True,
                     )
+                    owner = self.owner
+                    leftovers.register(
+                        owner.deployment, self.instance, self.proc.pid, self.work.ranks, owner.node_index
+                    )
             except OSError as exc:
                 errors.append(exc)
                 started.set()
                 return
             started.set()
-            self.returncode = self.proc.wait()
+            code = self.proc.wait()
+            # Whatever it started goes with it (the watchdog does the same; this covers a watchdog killed first).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.returncode = code
 
         self._waiter = threading.Thread(target=run, name="dpctl-engine-process", daemon=True)
         self._waiter.start()
@@ -121,7 +150,7 @@ class CommandEngine:
     def _report(self, lines: list[str], progress: Progress) -> None:
         """Log lines become the rank's progress: all of them, or those matching engine.progress (`pct` group)."""
         for line in lines:
-            if not line.strip() or _OWN_LINE.match(line):
+            if not line.strip() or _OWN_LINE.match(line) or exits.noise(line):
                 continue
             fraction = None
             if self.progress_pattern is not None:
@@ -130,23 +159,37 @@ class CommandEngine:
                     continue
                 pct = found.groupdict().get("pct")
                 fraction = min(float(pct) / 100, 1.0) if pct else None
-            progress.progress(fraction, line.strip()[:200])
+            progress.progress(fraction, exits.headline(line)[:200])
 
-    def tail(self, lines: int = TAIL_LINES) -> str:
-        """The last lines of the rank's log, indented for an error message."""
-        last = tail_lines(self.log_path, lines, self.proc_log_start)
-        return "\n".join(f"    | {_cut(line)}" for line in last)
+    def _lines(self) -> list[str]:
+        """The log lines the process wrote since it started (from its last 64 KiB)."""
+        return tail_lines(self.log_path, 400, self.proc_log_start)
+
+    def _ended(self) -> str:
+        """How the process ended, with the log lines that explain it."""
+        code = self.returncode if self.returncode is not None else (self.proc.returncode if self.proc else -1)
+        if self._stopped:
+            return f"was stopped by dpctl ({exits.status(code)})"
+        return f"{exits.crashed(code, self._lines(), serving=self.ready)} (log: {self.log_path})"
 
     def health(self) -> Health:
-        """Serving while the process runs; failed with its exit code and log tail once it has exited."""
+        """Serving while the process runs and its readiness URL answers; failed once it has exited, with why.
+
+        An http readiness check is asked again (vLLM's `/health` answers 503 once its engine core died, seconds
+        before the API server exits); a check that does not answer in time is not a failure.
+        """
         if self.proc is None:
             return Health(ok=False, detail="not started")
         if self.returncode is None and self.proc.poll() is None:
             role = "headless" if self.work.ready is None else "serving"
+            ready = self.work.ready
+            if ready is not None and ready.kind == "http" and self.ready:
+                answer = _check("http", ready.target, HEALTH_TIMEOUT)
+                if answer not in ("ok", "timeout"):
+                    return Health(ok=False, detail=f"pid {self.proc.pid} is unhealthy: {ready.target} {answer}")
             return Health(ok=True, detail=f"pid {self.proc.pid}, {role}, ranks {_ranks(self.work.ranks)}")
-        code = self.returncode if self.returncode is not None else self.proc.returncode
-        last = " | ".join(tail_lines(self.log_path, 3, self.proc_log_start))
-        return Health(ok=False, detail=f"process exited with code {code}; last log: {last}")
+        self.wait()
+        return Health(ok=False, detail=f"process {self.proc.pid} {self._ended()}")
 
     def wait(self) -> int:
         """Block until the process exits; its exit code."""
@@ -154,8 +197,8 @@ class CommandEngine:
             self._waiter.join()
         return self.returncode if self.returncode is not None else -1
 
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after the grace period; return when it is gone.
+    def stop(self) -> str:
+        """SIGTERM the process group, SIGKILL it after the grace period; return when it is gone, saying how it went.
 
         Called before the process was spawned (a launch undone while this rank was starting), it keeps it from
         ever starting.
@@ -164,45 +207,72 @@ class CommandEngine:
             self._stopped = True
             proc = self.proc
         if proc is None:
-            return
+            return "it had not started"
         pgid = proc.pid
+        began = time.monotonic()
+        running = proc.poll() is None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_grace
+        deadline = began + self.stop_grace
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
+        left = proc.poll() is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)  # also whatever it started and left behind
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+        leftovers.kill(self.owner.deployment, self.work.ranks, self.owner.node_index)  # children that left the group
+        code = exits.status(proc.returncode if proc.returncode is not None else -9)
+        if not running:
+            return f"process {pgid} had already ended ({code})"
+        if left:
+            return f"process {pgid} left on SIGTERM in {time.monotonic() - began:.1f}s ({code})"
+        return f"process {pgid} did not leave within {self.stop_grace:g}s of SIGTERM: SIGKILL ({code})"
 
     @property
     def pid(self) -> int | None:
         """The process's pid, once started."""
         return self.proc.pid if self.proc else None
 
+    @property
+    def ended(self) -> bool:
+        """Whether the process started and has exited."""
+        return self.proc is not None and (self.returncode is not None or self.proc.poll() is not None)
 
-def _cut(line: str) -> str:
-    return line if len(line) <= TAIL_WIDTH else line[: TAIL_WIDTH - 1] + "…"
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Whose process this is: the deployment, and which node of its ranks (for the marks in its environment)."""
+
+    deployment: str
+    node_index: int
 
 
 def _ranks(ranks: tuple[int, ...]) -> str:
     return ",".join(map(str, ranks))
 
 
-def _check(kind: str, target: str) -> bool:
+def _check(kind: str, target: str, timeout: float = 1.0) -> str:
+    """One readiness check: "ok", "timeout", or what failed (`answered 503`, `refused`)."""
     if kind == "tcp":
         host, _, port = target.rpartition(":")
         try:
             with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
-                return True
+                return "ok"
         except (OSError, ValueError):
-            return False
+            return "refused"
     try:
-        with urllib.request.urlopen(target, timeout=1.0) as response:  # noqa: S310 - the user's own URL
-            return 200 <= int(response.status) < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+        with urllib.request.urlopen(target, timeout=timeout) as response:  # noqa: S310 - the user's own URL
+            code = int(response.status)
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    except TimeoutError:
+        return "timeout"
+    except urllib.error.URLError as exc:
+        return "timeout" if isinstance(exc.reason, TimeoutError) else "refused"
+    except (OSError, ValueError):
+        return "refused"
+    return "ok" if 200 <= code < 300 else f"answered {code}"
 
 
 def _read_from(path: str, offset: int) -> tuple[str, int]:

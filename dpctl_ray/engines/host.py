@@ -21,7 +21,7 @@ import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dpctl_ray.engines.base import Engine, EngineError, HostReport, RankState
-from dpctl_ray.engines.command import CommandEngine
+from dpctl_ray.engines.command import CommandEngine, Owner
 from dpctl_ray.engines.loader import load_engine_class
 from dpctl_ray.engines.protocol import Phase
 from dpctl_ray.engines.report import StreamReporter
@@ -82,6 +82,7 @@ class EngineHost:
         self.ip = ray.util.get_node_ip_address()
         self.log_path = log_path(spec.log_dir, spec.deployment, spec.rank, spec.node_index, spec.spare)
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+        rotate(self.log_path)  # a new host of the rank (a repair, a new launch): a log of its own
         self.port = spec.base_port + spec.local_rank if spec.base_port else _free_port(self.ip)
         self.reporter = StreamReporter(spec.stream, spec.deployment, spec.token, spec.rank)
         self.workers: list[Any] = []
@@ -99,6 +100,7 @@ class EngineHost:
         self.process: CommandEngine | None = None
         self._lock = threading.Lock()
         self._cancelled: set[str] = set()  # tokens of launches undone: their start() calls start nothing
+        self.starts = 0  # work started on this host so far
         who = f"rank {spec.rank}" if spec.spare is None else f"spare {spec.spare}"
         self.log(f"dpctl: {who}, node {spec.node_index} on {self.ip}: devices {','.join(self.devices) or '-'}")
         if spec.stream and not self.reporter.streaming:
@@ -137,6 +139,7 @@ class EngineHost:
         self.spec = dataclasses.replace(self.spec, rank=rank, local_rank=local_rank, spare=None)
         self.log(f"dpctl: spare {spare} becomes rank {rank} (local rank {local_rank})")
         self.log_path = log_path(self.spec.log_dir, self.spec.deployment, rank, self.spec.node_index)
+        rotate(self.log_path)
         if self.spec.base_port:
             self.port = self.spec.base_port + local_rank
         self.log(f"dpctl: rank {rank}, node {self.spec.node_index} on {self.ip} (was spare {spare})")
@@ -179,7 +182,14 @@ class EngineHost:
                 self.dp = work.dp if isinstance(work, ProcessWork) else work.ctx.dp
                 # Made under the lock, so that a stop() from here on finds what to stop.
                 engine = make_engine(work.spec) if isinstance(work, EngineWork) else None
-                process = CommandEngine(work, self.log_path, self.ip) if isinstance(work, ProcessWork) else None
+                process = None
+                if isinstance(work, ProcessWork):
+                    if self.starts:  # a group restart: each process start has a log of its own
+                        rotate(self.log_path)
+                        self.log(f"dpctl: rank {self.spec.rank}, node {self.spec.node_index} on {self.ip}, again")
+                    owner = Owner(self.spec.deployment, self.spec.node_index)
+                    process = CommandEngine(work, self.log_path, self.ip, owner)
+                self.starts += 1
                 self.engine, self.process = engine, process
         finally:
             if replaced is not None:
@@ -242,6 +252,7 @@ class EngineHost:
             argv=work.argv if isinstance(work, ProcessWork) else (),
             env=work.env if isinstance(work, ProcessWork) else (),
             api=isinstance(work, ProcessWork) and work.ready is not None,
+            ended=self.process is not None and self.process.ended,
         )
 
     def set_dp(self, dp: int) -> None:
@@ -263,13 +274,30 @@ class EngineHost:
             engine, process = self.engine, self.process
         if engine is not None:
             engine.stop()
-        if process is not None:
-            process.stop()
+        how = process.stop() if process is not None else ""
         with self._lock:
             if self.engine is engine and self.process is process:  # else a later start() has begun meanwhile
                 self.engine, self.process, self.work = None, None, None
                 self.state, self.detail = RankState.STARTING, "stopped"
-        self.log("dpctl: stopped")
+        self.log(f"dpctl: stopped{': ' + how if how else ''}")
+
+
+KEEP_LOGS = 3  # earlier starts' logs kept beside the current one: rank-R.log.1 (the last) .. rank-R.log.3
+
+
+def rotate(path: str) -> None:
+    """Move a log that has lines to path.1 (path.1 to path.2, ...), so that each start writes a log of its own."""
+    current = Path(path)
+    try:
+        if current.stat().st_size == 0:
+            return
+    except FileNotFoundError:
+        return
+    for n in range(KEEP_LOGS - 1, 0, -1):
+        older = Path(f"{path}.{n}")
+        if older.exists():
+            older.replace(f"{path}.{n + 1}")
+    current.replace(f"{path}.1")
 
 
 @ray.remote(num_cpus=0)

@@ -19,7 +19,7 @@ from dpctl_ray.engines.base import RankState
 from dpctl_ray.engines.processes import master_port
 from dpctl_ray.errors import BadInput, Busy, DpctlError, InfeasibleError
 from dpctl_ray.launcher import nodes as nodes_of
-from dpctl_ray.launcher import objects, observe, records, shipping, spares, supervisor
+from dpctl_ray.launcher import objects, observe, reap, records, shipping, spares, supervisor
 from dpctl_ray.launcher.apply import Launch, bind_ip
 from dpctl_ray.launcher.nodes import snapshot
 from dpctl_ray.launcher.progress import LaunchResult, Observer, RankPhase
@@ -79,6 +79,7 @@ class DownResult:
     actors: list[str]
     groups: list[str]
     record: bool
+    killed: list[str] = field(default_factory=list)  # "pid command" of processes it left that were killed
 
     @property
     def engines(self) -> int:
@@ -90,7 +91,7 @@ class DownResult:
     @property
     def nothing(self) -> bool:
         """Whether there was nothing to remove."""
-        return not (self.actors or self.groups or self.record)
+        return not (self.actors or self.groups or self.record or self.killed)
 
 
 # --- up -------------------------------------------------------------------------------------------------
@@ -117,10 +118,13 @@ def up(config: Config, *, planned: Plan | None, observer: Observer, keep_on_fail
         if existing is not None or name in objects.deployments_with_objects():
             # We hold the lock, so whoever launched this died mid-way: clear its leftovers first.
             removed = objects.sweep(name)
+            killed = reap.on_nodes(name, _nodes(existing))
             records.delete(name)
             observer.note(
                 f"removed leftovers of an interrupted launch of {name} "
-                f"({len(removed.actors)} actors, {len(removed.groups)} placement groups)"
+                f"({len(removed.actors)} actors, {len(removed.groups)} placement groups"
+                + (f", {len(killed)} processes" if killed else "")
+                + ")"
             )
         nodes = snapshot()
         if planned is not None:
@@ -707,6 +711,10 @@ def _repair(
         observer.note(f"{name}: restarting all {len(record.ranks)} ranks' processes (group coupling)")
         _stop(name, None, record.engine.stop_seconds())
     objects.remove_ranks(name, list(fix.ranks), spares.stems(record))  # the lost ranks' own objects
+    if record.engine.kind == "command":  # what a lost process left (vLLM's engine core holds the devices)
+        old = {n for r in record.ranks if r.rank in fix.ranks for n in r.nodes}
+        for line in reap.on_nodes(name, old, tuple(fix.ranks)):
+            observer.note(f"{name}: killed a process a lost rank left running: {line}")
     over = _promote(record, {m.rank: (m.spare, m.after) for m in fix.moves if m.spare is not None}, fix.dropped)
     moved = [m.after for m in fix.moves if m.rank not in over]
     kept = [r for r in fix.plan.ranks if r.rank not in fix.ranks] if group else []
@@ -762,10 +770,18 @@ def down(name: str, *, force: bool) -> DownResult:
         return result
 
 
+def _nodes(record: Record | None) -> set[str] | None:
+    """Every node the deployment's ranks and spares use (None, for no record: every node)."""
+    return None if record is None else {n for r in [*record.ranks, *record.spares] for n in r.nodes}
+
+
 def _remove(name: str) -> DownResult:
     record = records.load(name)
     grace = record.engine.stop_seconds() if record else 0.0
     _stop(name, None, grace)  # every host, started spares' too
+    killed = []
+    if record is None or record.engine.kind == "command":  # what the hosts could not stop, or had no host left to
+        killed = reap.on_nodes(name, _nodes(record))
     removed = objects.sweep(name)
     had_record = records.delete(name)
-    return DownResult(name, removed.actors, removed.groups, had_record)
+    return DownResult(name, removed.actors, removed.groups, had_record, killed)

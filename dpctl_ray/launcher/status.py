@@ -183,17 +183,36 @@ def _state(
 
 
 def _broken(record: Record, hosts: Mapping[HostKey, Answer | None]) -> str:
-    """What is wrong with a group, if anything: the first host gone or work failed, in words."""
+    """What is wrong with a group, if anything, in words.
+
+    A host gone, else a process that ended (the cause: the peers that lost it are only unhealthy), else any
+    failed work.
+    """
+    failed: list[HostReport] = []
     for (rank, k), answer in sorted(hosts.items()):
         if rank >= record.spec.dp:
             continue
         if answer is None or answer.actor_died:
             return f"rank {rank}'s engine host on node {k} is gone"
-        report = answer.report
-        if report is not None and report.state is RankState.FAILED:
-            served = ",".join(map(str, report.serves)) or str(rank)
-            return f"the process of ranks {served} on {report.ip} failed: {report.detail}"
-    return ""
+        if answer.report is not None and answer.report.state is RankState.FAILED:
+            failed.append(answer.report)
+    if not failed:
+        return ""
+    report = next((r for r in failed if r.ended), failed[0])
+    served = ",".join(map(str, report.serves)) or str(report.rank)
+    return f"the process of ranks {served} on {report.ip} failed: {report.detail}"
+
+
+def rank_urls(status: DeploymentStatus) -> dict[int, str]:
+    """Each rank's API: the process serving it, at its first rank's port (none for a headless rank's process)."""
+    ports = {r.rank: (r.ip, r.port) for r in status.ranks if r.port}
+    urls = {}
+    for process in status.processes:
+        first = min(process.ranks, default=None)
+        if process.api and first in ports:
+            ip, port = ports[first]
+            urls.update(dict.fromkeys(process.ranks, f"http://{ip}:{port}"))
+    return urls
 
 
 def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
@@ -201,6 +220,7 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
     deployments = []
     for s in statuses:
         record = s.record
+        urls = rank_urls(s)
         deployments.append(
             {
                 "name": s.name,
@@ -245,6 +265,7 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
                         "dp": r.dp,
                         "port": r.port,
                         "process_pid": r.process_pid,
+                        "url": urls.get(r.rank),
                     }
                     for r in s.ranks
                 ],
