@@ -57,6 +57,22 @@ def ray_cluster() -> Iterator[local.LocalState]:
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def vllm_image() -> Any:
+    """The node image with real vLLM (built once per machine); skipped with its reason where it cannot be built.
+
+    With DPCTL_REQUIRE_VLLM=1 (CI) a missing image fails the tests instead: real vLLM must have run.
+    """
+    from tests import vllm_image as images
+
+    try:
+        return images.image(say=lambda line: print(f"\n{line} (once per machine, a few minutes)", flush=True))
+    except images.Unavailable as exc:
+        if os.environ.get("DPCTL_REQUIRE_VLLM") == "1":
+            pytest.fail(f"real vLLM is required here (DPCTL_REQUIRE_VLLM=1) but cannot run: {exc}")
+        pytest.skip(f"real vLLM cannot run here: {exc}")
+
+
 @pytest.fixture
 def live(ray_cluster: local.LocalState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> local.LocalState:
     """Commands in this test find the session cluster as "the running local cluster"."""
