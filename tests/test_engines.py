@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from dpctl_ray.config import config_from_document
+from dpctl_ray.engines import leftovers as leftovers_module
 from dpctl_ray.engines.processes import Command, Granted, commands
 from dpctl_ray.engines.spec import CommandSpec
 from dpctl_ray.launcher.local import LocalState
@@ -200,16 +201,21 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def stand_ins() -> list[int]:
-    """Pids of every stand-in server process on this machine (tests run one deployment at a time)."""
+def stand_ins(name: str) -> list[int]:
+    """Pids of the deployment's stand-in server processes on this machine (marked by dpctl with its name).
+
+    A test looks at its own deployment only: others may run meanwhile (pytest-xdist).
+    """
+    mark = f"{leftovers_module.DEPLOYMENT}={name}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and alive(int(entry.name)):
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"fake_vllm.py" in cmdline:
+            if b"fake_vllm.py" in cmdline and mark in environ:
                 found.append(int(entry.name))
     return found
 
@@ -264,7 +270,7 @@ def test_a_process_that_crashes_at_start_is_exit_4_with_its_log_tail(live: Local
         result.stderr
     )
     assert leftovers(live, "crashy") == []
-    assert stand_ins() == [], "a crashed rank's sibling process was left running"
+    assert stand_ins("crashy") == [], "a crashed rank's sibling process was left running"
 
 
 @pytest.mark.ray

@@ -131,7 +131,7 @@ def test_a_command_process_sees_exactly_its_devices_in_both_layouts(
     finally:
         dpctl("down", name)
     assert leftovers(live, name) == []
-    assert stand_ins() == []
+    assert stand_ins(name) == []
 
 
 def test_a_per_device_python_engine_runs_its_work_in_each_devices_process(live: LocalState, tmp_path: Path) -> None:

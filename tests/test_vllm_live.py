@@ -64,7 +64,7 @@ def down_leaves_nothing(state: LocalState, name: str) -> None:
     result = dpctl("down", name)
     assert result.returncode == 0, result.stderr
     assert leftovers(state, name) == []
-    assert stand_ins() == [], "a stand-in process outlived `down`"
+    assert stand_ins(name) == [], "a stand-in process outlived `down`"
 
 
 def test_dense_replicas_scale_without_touching_running_ranks(live: LocalState, tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ def test_a_group_that_cannot_restart_at_all_says_so_and_the_next_scale_recovers(
         assert [r["state"] for r in status["ranks"]] == ["FAILED", "FAILED"]
         assert "the group is down after a failed restart" in status["ranks"][0]["detail"]
         assert groups_of(live, name) == groups, "the group's placement groups are kept while it is down"
-        assert stand_ins() == []
+        assert stand_ins(name) == []
 
         fault.unlink()
         again = dpctl("scale", name, "--dp", "2")

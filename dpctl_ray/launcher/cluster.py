@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 # Ray's own record of the cluster `ray start --head` last started on this machine (default temp dir).
 RAY_CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # noqa: S108 - Ray's fixed path
+UV_HOOK = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # Ray reads it when it is first imported
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,9 @@ def connect(
     os.environ.update(target.env)
     if target.local is not None:
         os.environ.pop("RAY_AUTH_TOKEN", None)
+    # Ray's uv hook (a driver under `uv run` makes every worker start through `uv run` in a copy of the project)
+    # costs ~2 s per engine host here, and dpctl ships what its hosts need itself: off unless asked for.
+    os.environ.setdefault(UV_HOOK, "0")
     # The one deferred import of the Ray side: Ray reads its auth settings when it is first imported.
     from dpctl_ray.launcher.session import Session  # noqa: PLC0415
 
