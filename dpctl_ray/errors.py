@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Any, ClassVar
 
 
@@ -37,6 +37,7 @@ class DpctlError(Exception):
         self.hint = hint
         self.code = code or self.default_code
         self.details: dict[str, Any] = details or {}
+        self.failed_ranks: dict[int, str] = {}  # a launch's: each rank that failed, with why
 
     def to_json(self) -> dict[str, Any]:
         """The `{"error": {...}}` document printed on stdout with `-o json`."""
@@ -98,3 +99,42 @@ class Interrupted(DpctlError):
 
     exit_code = ExitCode.INTERRUPTED
     default_code = "interrupted"
+
+
+class Left(str, Enum):
+    """What a change that failed left of its deployment."""
+
+    RUNNING = "running"  # the ranks it had keep running (what was added is removed)
+    DEGRADED = "degraded"  # the other ranks keep running; the lost ones stay lost
+    RESTARTED = "restarted"  # a group, restarted at its old size on the hosts it kept
+    DOWN = "down"  # a group, down: its placement groups kept for the next try
+
+
+class ChangeFailed(DpctlError):
+    """A scale, repair or restart failed and was undone; `cause` says why, `left` what it left.
+
+    The message is the cause's; the CLI says what was left (`cli.failures`). The exit code is the cause's.
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        name: str,
+        cause: DpctlError,
+        left: Left,
+        *,
+        before: int,
+        after: int,
+        ranks: tuple[int, ...] = (),
+        second: str = "",
+    ) -> None:
+        super().__init__(cause.message, hint=cause.hint, code=cause.code, details=cause.details)
+        self.exit_code = cause.exit_code  # type: ignore[misc]  # the cause's, not the class's
+        self.operation = operation
+        self.name = name
+        self.cause = cause
+        self.left = left
+        self.before = before
+        self.after = after
+        self.ranks = ranks
+        self.second = second  # why a group's restart at its old size failed too

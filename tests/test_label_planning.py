@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from dpctl_ray.config import local_labels
+from dpctl_ray.deployment.record import DeploymentState, Record
 from dpctl_ray.engines.spec import DemoSpec
 from dpctl_ray.errors import ConfigError
-from dpctl_ray.launcher.records import DeploymentState, Record
 from dpctl_ray.planner import Infeasible, Node, Placement
 from dpctl_ray.planner.labels import LabelMatch
 from dpctl_ray.planner.repair import RepairPlan, repair

@@ -6,21 +6,13 @@ import dataclasses
 
 import pytest
 
+from dpctl_ray.deployment.record import DeploymentState, Difference, RankRecord, Record, differences
+from dpctl_ray.deployment.status import Answer, rank_status
 from dpctl_ray.engines.base import HostReport, RankState
 from dpctl_ray.engines.processes import master_port
 from dpctl_ray.engines.spec import CommandSpec, DemoSpec
 from dpctl_ray.engines.template import ReadyCheck
-from dpctl_ray.launcher.records import (
-    DeploymentState,
-    Difference,
-    ObjectKind,
-    ObjectName,
-    RankRecord,
-    Record,
-    differences,
-    object_name,
-)
-from dpctl_ray.launcher.status import Answer, rank_status
+from dpctl_ray.launcher.records import ObjectKind, ObjectName, object_name
 from dpctl_ray.planner import Node, Placement, Plan, PlanRequest, plan
 
 NODES = tuple(Node(f"n{i}", f"10.0.0.{i + 1}", i == 0, {"GPU": 4, "CPU": 8}, {"GPU": 4, "CPU": 8}) for i in range(3))

@@ -13,9 +13,9 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort, TyperException
 
 from dpctl_ray import __version__
-from dpctl_ray.cli import console, deploy_cmd, doctor_cmd, plan_cmd, status_cmd
+from dpctl_ray.cli import console, deploy_cmd, doctor_cmd, failures, plan_cmd, status_cmd
 from dpctl_ray.cli.cluster_cmd import cluster_app
-from dpctl_ray.errors import BadInput, DpctlError, ExitCode
+from dpctl_ray.errors import BadInput, ChangeFailed, DpctlError, ExitCode
 from dpctl_ray.planner.place import NoPlan
 from dpctl_ray.values import one_line
 
@@ -78,6 +78,8 @@ def run(command: Any, debug: bool) -> int:
             from dpctl_ray.cli.explain import in_words  # noqa: PLC0415 - only when a plan does not fit
 
             exc = in_words(exc)
+        elif isinstance(exc, ChangeFailed):
+            exc = failures.in_words(exc)
         exc.message = one_line(exc.message)
         exc.hint = one_line(exc.hint) if exc.hint else exc.hint
         if console.session.json_errors:

@@ -21,8 +21,8 @@ from dpctl_ray.planner.repair import Move
 from dpctl_ray.values import seconds
 
 if TYPE_CHECKING:
-    from dpctl_ray.launcher.lifecycle import DownResult, RepairResult, ScaleResult, UpResult
     from dpctl_ray.launcher.progress import LaunchResult
+    from dpctl_ray.launcher.results import DownResult, RepairResult, ScaleResult, UpResult
     from dpctl_ray.launcher.session import Session
     from dpctl_ray.planner.model import Plan
 

@@ -14,7 +14,7 @@ from dpctl_ray.planner.scale import ScalePlan
 from dpctl_ray.values import printable
 
 if TYPE_CHECKING:
-    from dpctl_ray.launcher.status import DeploymentStatus, RankStatus
+    from dpctl_ray.deployment.status import DeploymentStatus, RankStatus
 
 _HEX_ID = re.compile(r"^[0-9a-f]{20,}$")
 FREE = "·"
@@ -363,8 +363,8 @@ def status_title(s: DeploymentStatus) -> str:
     rules = f"\n{labels_line(spec)}" if spec.labels else ""
     watch = why = ""
     if s.supervisor is not None:
-        watch = f"; supervisor {s.supervisor.get('state')}"
-        why = f"\nsupervisor: {s.supervisor['reason']}" if s.supervisor.get("reason") else ""
+        watch = f"; supervisor {s.supervisor.state.value}"
+        why = f"\nsupervisor: {s.supervisor.reason}" if s.supervisor.reason else ""
     return (
         f"{s.name}: {plural(spec.dp, 'rank')} of {shape}, pack {spec.pack}, bundles {spec.bundles}{group}, "
         f"{state}: {states}{busy}{watch}{rules}{why}"

@@ -5,18 +5,16 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from dpctl_ray import values
 from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import STATUS_COLUMNS, status_rows, status_title, table
+from dpctl_ray.deployment.status import DeploymentStatus, status_document
 from dpctl_ray.files import dump_yaml
 from dpctl_ray.launcher import shipping
-
-if TYPE_CHECKING:
-    from dpctl_ray.launcher.status import DeploymentStatus
 
 NameArg = Annotated[
     Optional[str],
@@ -95,8 +93,6 @@ def print_statuses(
     statuses: list[DeploymentStatus], output: options.Output, extra: Mapping[str, object] | None = None
 ) -> None:
     """The status document of these deployments, with `extra` top-level keys, on stdout as JSON or YAML."""
-    from dpctl_ray.launcher.status import status_document  # noqa: PLC0415 - see options.connect
-
     print_document({**status_document(statuses), **(extra or {})}, output)
 
 
@@ -122,7 +118,7 @@ def show_statuses(statuses: list[DeploymentStatus]) -> None:
 
 def spares_line(s: DeploymentStatus) -> str:
     """`spares: 0 reserved on 127.0.0.4, 1 lost (127.0.0.5)`, and how many of those asked for are missing."""
-    parts = [f"{p.spare} {p.state} on {p.ip}" for p in s.spares]
+    parts = [f"{p.spare} {p.state.value} on {p.ip}" for p in s.spares]
     want = s.record.request.spares if s.record is not None else len(s.spares)
     if len(s.spares) < want:
         parts.append(f"{want - len(s.spares)} of {want} not reserved (no room; `dpctl repair` tries again)")

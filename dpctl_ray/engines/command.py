@@ -53,8 +53,11 @@ HEALTH_TIMEOUT = 1.0
 class CommandEngine:
     """Runs one rendered process: starts it, waits for its readiness check, stops it with SIGTERM then SIGKILL."""
 
-    def __init__(self, work: ProcessWork, log_path: str, node_ip: str, owner: Owner) -> None:
+    def __init__(
+        self, work: ProcessWork, log_path: str, node_ip: str, owner: Owner, drop: tuple[str, ...] = ()
+    ) -> None:
         self.work = work
+        self.drop = drop  # variables of the host's environment the process does not inherit (Ray's worker defaults)
         self.progress_pattern = re.compile(work.spec.progress) if work.spec.progress else None
         self.stop_grace = work.spec.stop_grace
         self.log_path = log_path
@@ -72,7 +75,7 @@ class CommandEngine:
     def start(self, log: Callable[[str], None], progress: Progress) -> None:
         """Start the process; return when its readiness check passes (at once when headless), raise if it exits."""
         argv, extra_env = list(self.work.argv), dict(self.work.env)
-        env = {key: value for key, value in os.environ.items() if key not in self.work.unset}
+        env = {k: v for k, v in os.environ.items() if k not in self.work.unset and k not in self.drop}
         env.update(extra_env)
         program = shutil.which(argv[0], path=env.get("PATH"))
         if program is None:

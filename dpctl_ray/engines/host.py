@@ -85,6 +85,9 @@ class EngineHost:
         rotate(self.log_path)  # a new host of the rank (a repair, a new launch): a log of its own
         self.port = spec.base_port + spec.local_rank if spec.base_port else _free_port(self.ip)
         self.reporter = StreamReporter(spec.stream, spec.deployment, spec.token, spec.rank)
+        # Ray's defaults for its own workers that a command's process must not inherit (the user's own stay).
+        given = (context.runtime_env or {}).get("env_vars") or {}
+        self.ray_defaults = tuple(k for k in RAY_WORKER_DEFAULTS if k not in given)
         self.workers: list[Any] = []
         self.worker_pids: tuple[int, ...] = ()
         if spec.layout == "per_device":
@@ -188,7 +191,7 @@ class EngineHost:
                         rotate(self.log_path)
                         self.log(f"dpctl: rank {self.spec.rank}, node {self.spec.node_index} on {self.ip}, again")
                     owner = Owner(self.spec.deployment, self.spec.node_index)
-                    process = CommandEngine(work, self.log_path, self.ip, owner)
+                    process = CommandEngine(work, self.log_path, self.ip, owner, drop=self.ray_defaults)
                 self.starts += 1
                 self.engine, self.process = engine, process
         finally:
@@ -281,6 +284,11 @@ class EngineHost:
                 self.state, self.detail = RankState.STARTING, "stopped"
         self.log(f"dpctl: stopped{': ' + how if how else ''}")
 
+
+# Ray sets OMP_NUM_THREADS to a worker's CPUs (the host holds its rank's control CPUs, and in per_node a CPU
+# device's too). A command sizes its own threads: vLLM's CPU build then leaves torch at that count, and two
+# ranks on two cores spin against each other (a 2-rank `up` took ~10% longer than the same `vllm serve`s).
+RAY_WORKER_DEFAULTS = ("OMP_NUM_THREADS",)
 
 KEEP_LOGS = 3  # earlier starts' logs kept beside the current one: rank-R.log.1 (the last) .. rank-R.log.3
 

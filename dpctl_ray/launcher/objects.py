@@ -12,6 +12,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from dpctl_ray.deployment.record import spare_stem
 from dpctl_ray.engines.host import EngineHost
 from dpctl_ray.engines.spec import EngineSpec
 from dpctl_ray.engines.work import HostSpec
@@ -139,14 +140,6 @@ def host_name(deployment: str, rank: RankPlacement, k: int, stem: str = "") -> s
     """
     base = f"{prefix(deployment)}{stem}" if stem else object_name(deployment, ObjectKind.ENGINE, rank.rank)
     return base if rank.nodes[k] == rank.control else f"{base}-{k}"
-
-
-SPARE_STEM = f"{ObjectKind.SPARE.value}-"
-
-
-def spare_stem(number: int) -> str:
-    """`spare-N`: how spare N's objects are named under the deployment's prefix."""
-    return f"{SPARE_STEM}{number}"
 
 
 def stem_of(name: str) -> str:

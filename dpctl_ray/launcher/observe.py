@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
-from dpctl_ray.launcher import nodes, objects, records, supervisor
-from dpctl_ray.launcher.records import ObjectKind, object_name
-from dpctl_ray.launcher.status import (
+from dpctl_ray.deployment.record import Record, spare_stem
+from dpctl_ray.deployment.status import (
     HEALTH_TIMEOUT,
     Answer,
     DeploymentStatus,
     HostKey,
     SpareStatus,
+    SupervisorState,
     processes_of,
     rank_status,
     spare_state,
 )
+from dpctl_ray.launcher import nodes, objects, records, supervision
+from dpctl_ray.launcher.ray_ports import answer
+from dpctl_ray.launcher.records import ObjectKind, object_name
 
 
 def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentStatus]:
@@ -31,7 +32,7 @@ def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentSt
     # Supervisors first: one that stopped wrote why into the record before, so the record read next has it.
     supervisors = {dep: _supervisor(dep) for dep in wanted}
     alive = nodes.alive()
-    found: list[tuple[records.Record | None, dict[HostKey, Any]]] = []
+    found: list[tuple[Record | None, dict[HostKey, Any]]] = []
     for dep in wanted:
         record = records.load(dep)
         actors = objects.hosts(dep) if record is not None else {}
@@ -54,7 +55,7 @@ def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentSt
         ranks = []
         if record is not None:
             answers: dict[HostKey, Answer | None] = {
-                (r.rank, k): (_answer(calls[(r.rank, k)], done) if (r.rank, k) in calls else None)
+                (r.rank, k): (answer(calls[(r.rank, k)], done) if (r.rank, k) in calls else None)
                 for r in record.ranks
                 for k in range(len(r.nodes))
             }
@@ -68,7 +69,7 @@ def gather(name: str | None, dying: set[str] | None = None) -> list[DeploymentSt
     return out
 
 
-def _spares(record: records.Record, alive: set[str]) -> list[SpareStatus]:
+def _spares(record: Record, alive: set[str]) -> list[SpareStatus]:
     if not record.spares:
         return []
     groups = objects.group_states(records.prefix(record.name))
@@ -78,29 +79,17 @@ def _spares(record: records.Record, alive: set[str]) -> list[SpareStatus]:
     for s in record.spares:
         name = object_name(record.name, ObjectKind.SPARE, s.rank)
         placement = s.placement()
-        stem = objects.spare_stem(s.rank)
+        stem = spare_stem(s.rank)
         hosts = all(objects.host_name(record.name, placement, k, stem) in actors for k in range(len(s.nodes)))
         state = spare_state(groups.get(name), s.nodes, alive, hosts if started else None)
         out.append(SpareStatus(s.rank, s.nodes, s.ip, sum(s.devices), state))
     return out
 
 
-def _supervisor(name: str) -> dict[str, Any] | None:
-    state = supervisor.status(name, HEALTH_TIMEOUT)
-    return dataclasses.asdict(state) if state is not None else None
+def _supervisor(name: str) -> SupervisorState | None:
+    return supervision.status(name, HEALTH_TIMEOUT)
 
 
 def deployment_names() -> list[str]:
     """Every deployment in the cluster: with a record, or with leftover objects only."""
     return sorted(set(records.names()) | objects.deployments_with_objects())
-
-
-def _answer(ref: Any, done: set[Any]) -> Answer:
-    if ref not in done:
-        return Answer(late=True)
-    try:
-        return Answer(report=ray.get(ref))
-    except RayActorError:
-        return Answer(actor_died=True)
-    except Exception as exc:  # noqa: BLE001 - an engine's health error is a failed rank, not a failed status
-        return Answer(error=f"{type(exc).__name__}: {exc}")

@@ -83,3 +83,31 @@ class LaunchResult:
     dropped: dict[str, int]
     token: str
     unstreamed: tuple[str, ...] = ()  # nodes (ips) without pyzmq: their ranks reported through Ray only
+
+
+class QuietObserver:
+    """An observer that shows nothing: the base of those that show some (and the supervisor's, which shows none)."""
+
+    def begin(self, ranks: list[RankProgress], started: float) -> None:
+        """The launch starts with these ranks, all pending."""
+
+    def update(self, rank: RankProgress) -> None:
+        """A rank changed phase or progress."""
+
+    def tick(self) -> None:
+        """Time passed."""
+
+    def end(self, ok: bool) -> None:
+        """The launch is over."""
+
+    def planned(self, plan: Plan) -> None:
+        """`up` is about to launch this plan."""
+
+    def scaling(self, delta: ScalePlan, *, restart: bool) -> None:
+        """A scale is about to apply this delta."""
+
+    def note(self, message: str) -> None:
+        """Something worth saying."""
+
+    def warn(self, message: str) -> None:
+        """Something the user may want to fix."""

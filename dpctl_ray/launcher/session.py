@@ -12,17 +12,20 @@ from typing import Any
 
 import ray
 
-from dpctl_ray.config import Config, Timeouts
+from dpctl_ray.deployment.status import DeploymentStatus
 from dpctl_ray.errors import BadInput, ClusterUnreachable
-from dpctl_ray.launcher import doctor, lifecycle, logs, nodes, observe, records
-from dpctl_ray.launcher.progress import Observer
-from dpctl_ray.launcher.status import DeploymentStatus
-from dpctl_ray.planner.model import Node, Placement, Plan
+from dpctl_ray.launcher import doctor, logs, nodes, observe, records
+from dpctl_ray.launcher.operations import Operations
+from dpctl_ray.launcher.ray_ports import RayPorts
+from dpctl_ray.planner.model import Node, Placement
 from dpctl_ray.values import one_line
 
 
-class Session:
-    """The joined cluster. Made by `cluster.connect()`, which sets Ray's environment before Ray is imported."""
+class Session(Operations):
+    """The joined cluster: the operations on its ports (`Operations`: up, scale, repair, down), status, logs, doctor.
+
+    Made by `cluster.connect()`, which sets Ray's environment before Ray is imported.
+    """
 
     @classmethod
     @contextmanager
@@ -73,33 +76,12 @@ class Session:
                 os.environ.pop("RAY_IGNORE_UNHANDLED_ERRORS", None)
 
     def __init__(self, address: str) -> None:
+        super().__init__(RayPorts())
         self.address = address
 
     def snapshot(self) -> tuple[Node, ...]:
         """The alive nodes, with what they have free now."""
         return nodes.snapshot()
-
-    def up(
-        self, config: Config, *, planned: Plan | None, observer: Observer, keep_on_failure: bool, recreate: bool
-    ) -> lifecycle.UpResult:
-        """Launch the config's deployment (or converge a running one); see `lifecycle.up`."""
-        return lifecycle.up(
-            config, planned=planned, observer=observer, keep_on_failure=keep_on_failure, recreate=recreate
-        )
-
-    def scale(
-        self, name: str, dp: int, timeouts: Timeouts, *, dry_run: bool, observer: Observer
-    ) -> lifecycle.ScaleResult:
-        """Grow or shrink a running deployment; see `lifecycle.scale`."""
-        return lifecycle.scale(name, dp, timeouts, dry_run=dry_run, observer=observer)
-
-    def repair(self, name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> lifecycle.RepairResult:
-        """Place a deployment's lost ranks again; see `lifecycle.repair`."""
-        return lifecycle.repair(name, timeouts, dry_run=dry_run, observer=observer)
-
-    def down(self, name: str, *, force: bool) -> lifecycle.DownResult:
-        """Remove everything a deployment owns."""
-        return lifecycle.down(name, force=force)
 
     def deployments(self) -> list[str]:
         """Every deployment in the cluster, with a record or with leftover objects only."""

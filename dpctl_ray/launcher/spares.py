@@ -1,48 +1,35 @@
-"""Spares (`placement.spares: K`): placement groups shaped like a rank, reserved beside a deployment's ranks.
+"""Spares (`placement.spares: K`) on Ray: placement groups shaped like a rank, reserved beside a deployment's ranks.
 
 A spare holds a rank's devices and control CPUs on the nodes the planner chose for it, under the name
 `dpctl/<name>/spare-<n>`, so `down` and a sweep find it. Repair and scale-up take a spare before free
-capacity: its group is removed and the rank's group created on exactly those bundles at once, so the rank
-does not wait for room another job could have taken. Afterwards the deployment is topped up to K spares
-where there is room (fewer, with a warning, where there is not).
+capacity (`deployment.change`): its group is removed and the rank's group created on exactly those bundles at
+once, or, for a started spare, its hosts become the rank (`adopt`). The reconciler tops the deployment up to
+K spares afterwards where there is room.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import RayError
 from ray.util.placement_group import PlacementGroup
 
-from dpctl_ray.engines.spec import EngineSpec
+from dpctl_ray.deployment.record import SPARE_STEM, spare_stem
 from dpctl_ray.errors import InfeasibleError, LaunchFailed, TimedOut
 from dpctl_ray.launcher import objects
-from dpctl_ray.launcher.nodes import snapshot
-from dpctl_ray.launcher.progress import Observer
-from dpctl_ray.launcher.records import ObjectKind, RankRecord, Record, object_name, prefix
+from dpctl_ray.launcher.ports import SpareHosts
+from dpctl_ray.launcher.records import ObjectKind, object_name, prefix
 from dpctl_ray.planner.model import Plan, RankPlacement
-from dpctl_ray.planner.scale import more_spares
 
 CHECK_SECONDS = 0.5  # how often a pending spare is asked whether Ray found it infeasible
 BECOME_TIMEOUT = 10.0  # seconds a started spare's hosts get to take a rank's identity
 
 
-@dataclass(frozen=True, slots=True)
-class Hosts:
-    """What a started spare's hosts need: the engine (log dir, base port) and each new host's runtime_env."""
-
-    engine: EngineSpec
-    runtime_env: dict[str, Any] | None
-
-
 def reserve(
-    plan: Plan, spares: Sequence[RankPlacement], timeout: float, hosts: Hosts | None = None, *, wait: bool = True
+    plan: Plan, spares: Sequence[RankPlacement], timeout: float, hosts: SpareHosts | None = None, *, wait: bool = True
 ) -> list[PlacementGroup]:
     """Create the spares' groups and wait until Ray holds them all; on any failure remove them and raise.
 
@@ -65,7 +52,7 @@ def reserve(
                     group,
                     spec.cpus,
                     hosts.runtime_env,
-                    stem=objects.spare_stem(spare.rank),
+                    stem=spare_stem(spare.rank),
                 )
                 for spare, group in zip(spares, groups, strict=True)
                 for k in range(len(spare.nodes))
@@ -123,59 +110,16 @@ def reserved(deployment: str) -> set[int]:
     return {int(name.removeprefix(start)) for name in objects.live_groups(start) if name.removeprefix(start).isdigit()}
 
 
-def records_of(plan: Plan, spares: Sequence[RankPlacement]) -> list[RankRecord]:
-    """The record entries of reserved spares."""
-    ips = {n.id: n.ip for n in plan.nodes}
-    return [RankRecord.planned(s, ips.get(s.control, "")) for s in spares]
-
-
-def top_up(record: Record, timeout: float, observer: Observer, hosts: Hosts | None = None) -> None:
-    """Reserve spares again up to the deployment's `placement.spares` where there is room; warn for the rest.
-
-    With `hosts` their engine hosts start too (not waited for). The record is updated in place (the caller
-    saves it).
-    """
-    want = record.request.spares - len(record.spares)
-    if want <= 0:
-        return
-    nodes = snapshot()
-    current = record.plan()
-    # Spare numbers name objects: not one a spare or a rank running on a former spare's objects still uses.
-    used = in_use(record)
-    free = (n for n in itertools.count() if n not in used)
-    added = tuple(dataclasses.replace(s, rank=next(free)) for s in more_spares(current, nodes, want))
-    if added:
-        located = Plan(current.name, current.spec, current.ranks, nodes, (), (), "", current.spares)
-        try:
-            reserve(located, added, timeout, hosts, wait=False)
-        except (InfeasibleError, TimedOut, LaunchFailed) as exc:
-            observer.warn(f"{record.name}: spares not reserved again: {exc.message}")
-            added = ()
-        record.spares = sorted([*record.spares, *records_of(located, added)], key=lambda r: r.rank)
-        if added:
-            observer.note(
-                f"{record.name}: reserved spare{'s' if len(added) > 1 else ''} {', '.join(str(s.rank) for s in added)}"
-            )
-    short = record.request.spares - len(record.spares)
-    if short > 0:
-        observer.warn(
-            f"{record.name}: {len(record.spares)} of {record.request.spares} spares reserved: no room for "
-            f"{short} more; `dpctl up` tries again"
-        )
-
-
-def take_over(record: Record, promoted: Mapping[int, tuple[int, RankPlacement]]) -> dict[int, str]:
+def take_over(deployment: str, promoted: Mapping[int, tuple[int, RankPlacement]]) -> dict[int, str]:
     """Started spares whose hosts become the ranks that take them (rank -> (spare, the rank's placement)).
 
     Each of the spare's hosts is told its rank; the rank then runs on them, under the spare's names. Returns
-    rank -> stem (`spare-N`) for those taken over; a spare whose hosts are gone (or reserved-only) is not.
+    rank -> stem (`spare-N`) for those taken over; a spare whose hosts are gone is not.
     """
-    if record.spec.spares_mode != "started":
-        return {}
     out = {}
     for rank, (spare, placement) in sorted(promoted.items()):
-        stem = objects.spare_stem(spare)
-        found = [objects.find_host(record.name, placement, k, stem) for k in range(len(placement.nodes))]
+        stem = spare_stem(spare)
+        found = [objects.find_host(deployment, placement, k, stem) for k in range(len(placement.nodes))]
         hosts = [h for h in found if h is not None]
         if len(hosts) < len(found):
             continue
@@ -188,15 +132,4 @@ def take_over(record: Record, promoted: Mapping[int, tuple[int, RankPlacement]])
 
 
 def _group_prefix(deployment: str) -> str:
-    return prefix(deployment) + objects.SPARE_STEM
-
-
-def in_use(record: Record) -> set[int]:
-    """Spare numbers whose objects the deployment holds: its spares', and those ranks run on (taken over)."""
-    taken = {int(stem.removeprefix(objects.SPARE_STEM)) for stem in stems(record).values()}
-    return {s.rank for s in record.spares} | taken
-
-
-def stems(record: Record) -> dict[int, str]:
-    """The ranks that run on a started spare's objects, and its stem."""
-    return {r.rank: r.stem for r in record.ranks if r.stem}
+    return prefix(deployment) + SPARE_STEM

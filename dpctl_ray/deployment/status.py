@@ -1,16 +1,51 @@
-"""What `status` reports (no Ray here): each rank's state from the facts gathered about it, and the status document."""
+"""What `status` reports: each rank's state from the facts gathered about it, the supervisor's, and the document."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from dpctl_ray.deployment.record import DeploymentState, RankRecord, Record
 from dpctl_ray.engines.base import HostReport, RankState
-from dpctl_ray.launcher.records import DeploymentState, RankRecord, Record
 from dpctl_ray.planner.document import label_options
 
 HEALTH_TIMEOUT = 2.0  # seconds every engine gets to answer one status call
+LOST = (RankState.DEAD, RankState.FAILED)  # a rank in these states needs repair
+
+
+class SupervisorPhase(str, Enum):
+    """What a deployment's supervisor is doing."""
+
+    WATCHING = "watching"
+    STOPPED = "stopped"  # its budget is spent, its deployment is gone, or it failed: `reason` says which
+    NOT_ANSWERING = "not answering"
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorState:
+    """What `status` shows of a supervisor."""
+
+    state: SupervisorPhase
+    reason: str
+    repairs: int  # in the current window
+    max_repairs: int
+    window: float
+
+    @property
+    def watching(self) -> bool:
+        """Whether it watches its deployment now."""
+        return self.state is SupervisorPhase.WATCHING
+
+
+class SpareState(str, Enum):
+    """Where a spare is: held by Ray (idle hosts running, when started), waiting for room, or lost."""
+
+    RESERVED = "reserved"
+    STARTED = "started"  # its hosts run, idle
+    PENDING = "pending"  # Ray has not placed its group yet
+    LOST = "lost"  # its node, group or hosts are gone
 
 
 @dataclass(slots=True)
@@ -54,16 +89,16 @@ class SpareStatus:
     nodes: list[str]
     ip: str
     devices: int
-    state: str  # reserved | started (its hosts run) | pending (Ray has not placed it) | lost (node, group or host gone)
+    state: SpareState
 
 
-def spare_state(group: str | None, nodes: list[str], alive: set[str], hosts: bool | None = None) -> str:
+def spare_state(group: str | None, nodes: list[str], alive: set[str], hosts: bool | None = None) -> SpareState:
     """From its group's state in Ray (None: no group), the nodes alive, and (started spares) whether its hosts are."""
     if group is None or not alive.issuperset(nodes) or hosts is False:
-        return "lost"
+        return SpareState.LOST
     if group != "CREATED":
-        return "pending"
-    return "reserved" if hosts is None else "started"
+        return SpareState.PENDING
+    return SpareState.RESERVED if hosts is None else SpareState.STARTED
 
 
 @dataclass(slots=True)
@@ -75,7 +110,7 @@ class DeploymentStatus:
     ranks: list[RankStatus]
     busy: dict[str, Any] | None = None  # the live command changing it, if any
     processes: list[ProcessStatus] = field(default_factory=list)
-    supervisor: dict[str, Any] | None = None  # recovery: auto: its state, reason and repairs in the window
+    supervisor: SupervisorState | None = None  # recovery: auto: its state, reason and repairs in the window
     spares: list[SpareStatus] = field(default_factory=list)
 
 
@@ -232,9 +267,9 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
                 **(label_options(record.spec) if record else {}),
                 "state": record.state.value if record else "orphaned",
                 "events": record.events if record else [],
-                "supervisor": s.supervisor,
+                "supervisor": supervisor_document(s.supervisor),
                 "spares": [
-                    {"spare": p.spare, "nodes": p.nodes, "ip": p.ip, "devices": p.devices, "state": p.state}
+                    {"spare": p.spare, "nodes": p.nodes, "ip": p.ip, "devices": p.devices, "state": p.state.value}
                     for p in s.spares
                 ],
                 "processes": [
@@ -272,3 +307,16 @@ def status_document(statuses: list[DeploymentStatus]) -> dict[str, Any]:
             }
         )
     return {"deployments": deployments}
+
+
+def supervisor_document(state: SupervisorState | None) -> dict[str, Any] | None:
+    """A supervisor's state in the status document (its phase by value)."""
+    if state is None:
+        return None
+    return {
+        "state": state.state.value,
+        "reason": state.reason,
+        "repairs": state.repairs,
+        "max_repairs": state.max_repairs,
+        "window": state.window,
+    }
