@@ -138,6 +138,7 @@ def real_config(directory: Path, name: str, dp: int = 2, extra: tuple[str, ...] 
     doc["engine"]["argv"] += list(extra)
     doc["engine"]["env"]["HF_HUB_OFFLINE"] = "1"  # no hub here: the model is a local directory
     doc["engine"]["stop_grace"] = 20
+    doc["engine"]["base_port"] = 0  # a free port each: other tests may run ranks on the same addresses
     doc["timeouts"] = {"placement": 60, "ready": 600}
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

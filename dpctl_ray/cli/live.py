@@ -14,6 +14,7 @@ from dpctl_ray.planner.scale import ScalePlan
 
 REFRESH_SECONDS = 0.1
 LINE_SECONDS = 1.0  # line mode: at most one loading line per rank this often (an engine may log a flood)
+LINE_WIDTH = 100  # line mode: an engine's line is cut to fit, as tables are
 
 
 class LiveView:
@@ -75,12 +76,14 @@ class LiveView:
         if rank.phase is RankPhase.LOADING and rank.message:
             text = f"loading: {rank.message}"
         elif rank.phase is RankPhase.READY:
-            text = f"ready{where}, devices {devices_text(rank.devices, rank.device_ips)} ({rank.ready_in or 0:.1f}s)"
+            held = f", devices {devices_text(rank.devices, rank.device_ips)}" if any(rank.devices) else ""
+            text = f"ready{where}{held} ({rank.ready_in or 0:.1f}s)"
         elif rank.phase is RankPhase.FAILED:
             text = f"failed: {rank.message.splitlines()[0] if rank.message else ''}"
         elif rank.phase is RankPhase.PLACED:
             text = f"placed{where}"
-        console.info(f"  rank {rank.rank}: {text}")
+        line = f"  rank {rank.rank}: {text}"
+        console.info(line if len(line) <= LINE_WIDTH else line[: LINE_WIDTH - 1] + "…")
 
     def tick(self) -> None:
         """Keep elapsed times moving."""
