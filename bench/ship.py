@@ -35,9 +35,10 @@ def main() -> None:
     subprocess.run([*dpctl, "cluster", "up", "--nodes", "1", "--gpus-per-node", "1"], env=env, check=True)
     try:
         os.environ.update({"DPCTL_HOME": str(home), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
-        from dpctl_ray.launcher import local  # noqa: PLC0415 - after DPCTL_HOME is set
 
-        state = local.running_state()
+        from dpctl_ray.local import state as local_state  # noqa: PLC0415 - after DPCTL_HOME is set
+
+        state = local_state.running_state()
         if state is None:
             sys.exit("the bench's local cluster did not start")
         os.environ.update(state.env())

@@ -20,7 +20,9 @@ from typer.testing import CliRunner, Result
 
 from dpctl_ray.cli.app import app
 from dpctl_ray.config import LocalCluster
-from dpctl_ray.launcher import local
+from dpctl_ray.local import nodes as local
+from dpctl_ray.local import state as local_state
+from dpctl_ray.local.state import LocalState
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_INVENTORY = ROOT / "configs" / "inventories" / "two-nodes.yaml"
@@ -28,7 +30,7 @@ EXAMPLE_INVENTORY = ROOT / "configs" / "inventories" / "two-nodes.yaml"
 # The session cluster's own DPCTL_HOME and token. Ray reads its auth settings when it is first imported,
 # so they are in the environment before any test (or in-process CLI call) imports ray.
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="dpctl-tests-"))
-os.environ.update(local.auth_env(str(SESSION_HOME / "auth_token")))
+os.environ.update(local_state.auth_env(str(SESSION_HOME / "auth_token")))
 os.environ.pop("RAY_AUTH_TOKEN", None)
 os.environ.pop("RAY_ADDRESS", None)
 # The processes the tests start (dpctl as users run it, Ray's drivers) read and write bytecode caches, as on
@@ -40,7 +42,7 @@ Invoke = Callable[..., Result]
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[local.LocalState]:
+def ray_cluster() -> Iterator[LocalState]:
     """A head and four worker nodes (127.0.0.2-5, 4 simulated GPUs and 4 CPUs each), shared by the session."""
     previous = os.environ.get("DPCTL_HOME")
     os.environ["DPCTL_HOME"] = str(SESSION_HOME)
@@ -74,7 +76,7 @@ def vllm_image() -> Any:
 
 
 @pytest.fixture
-def live(ray_cluster: local.LocalState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> local.LocalState:
+def live(ray_cluster: LocalState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> LocalState:
     """Commands in this test find the session cluster as "the running local cluster"."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DPCTL_HOME", str(SESSION_HOME))
@@ -83,7 +85,7 @@ def live(ray_cluster: local.LocalState, monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 @contextmanager
-def ray_driver(state: local.LocalState) -> Iterator[Any]:
+def ray_driver(state: LocalState) -> Iterator[Any]:
     """This test process joined to the cluster as a driver in the dpctl namespace, for checks and set-up."""
     import ray
 
@@ -108,7 +110,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Invoke:
 
 
 @pytest.fixture
-def live_cli(live: local.LocalState) -> Invoke:
+def live_cli(live: LocalState) -> Invoke:
     """In-process dpctl against the session cluster."""
     return _invoker()
 
@@ -208,7 +210,7 @@ def demo_config(
     return str(path)
 
 
-def leftovers(state: local.LocalState, name: str, wait: float = 10.0) -> list[str]:
+def leftovers(state: LocalState, name: str, wait: float = 10.0) -> list[str]:
     """Placement groups (not removed) and named actors of a deployment still in the cluster, after up to `wait` s."""
     from ray.util.placement_group import placement_group_table
 

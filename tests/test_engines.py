@@ -20,7 +20,7 @@ from dpctl_ray.config import config_from_document
 from dpctl_ray.engines import leftovers as leftovers_module
 from dpctl_ray.engines.processes import Command, Granted, commands
 from dpctl_ray.engines.spec import CommandSpec
-from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.local.state import LocalState
 from dpctl_ray.planner import Node, Placement, Plan, PlanRequest, plan
 from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, dpctl, dpctl_background, interrupt, leftovers, ray_driver
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from dpctl_ray.launcher import local
 from dpctl_ray.launcher.objects import TOPOLOGY
+from dpctl_ray.local import state as local_state
 from tests.conftest import dpctl, dpctl_env
 
 pytestmark = pytest.mark.ray
@@ -51,7 +51,7 @@ def labels_by_ip(home: Path) -> dict[str, dict[str, str]]:
 
 def created_groups(home: Path) -> list[dict[str, Any]]:
     """What Ray itself holds for the deployment's live placement groups: each bundle's selector, the topology."""
-    state = local.load_state_at(home)
+    state = local_state.load_state_at(home)
     assert state is not None
     code = (
         "import json, ray\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.local.state import LocalState
 from tests.conftest import Invoke, demo_config, dpctl, dpctl_background, interrupt, leftovers, ray_driver, wait_for
 
 pytestmark = pytest.mark.ray

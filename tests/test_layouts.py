@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.local.state import LocalState
 from tests.conftest import demo_config, dpctl, leftovers, ray_driver
 from tests.test_engines import fake_vllm_config, ranks_of, stand_ins, started_with
 from tests.test_scale import expect_ranks, scale

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.local.state import LocalState
 from tests.conftest import CLUSTER_SHAPE, Invoke, ray_driver
 
 pytestmark = pytest.mark.ray

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dpctl_ray.launcher import local
 from dpctl_ray.launcher.cluster import RAY_CURRENT_CLUSTER
+from dpctl_ray.local import nodes as local
+from dpctl_ray.local import state as local_state
 
 pytestmark = pytest.mark.ray
 
@@ -31,7 +32,7 @@ def run(home: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.skipif(RAY_CURRENT_CLUSTER.exists(), reason="a Ray cluster started with `ray start` is on this machine")
-def test_up_on_a_fresh_machine_starts_its_own_cluster(ray_cluster: local.LocalState, tmp_path: Path) -> None:
+def test_up_on_a_fresh_machine_starts_its_own_cluster(ray_cluster: local_state.LocalState, tmp_path: Path) -> None:
     """With nothing running, `dpctl up` starts the local cluster and the demo; other processes see and remove it."""
     home = tmp_path / "home"
     up = run(home, "up", cwd=tmp_path)
@@ -60,14 +61,14 @@ def test_up_on_a_fresh_machine_starts_its_own_cluster(ray_cluster: local.LocalSt
         down = run(home, "down", cwd=tmp_path)
         assert down.returncode == 0, down.stderr
         assert "demo: removed 2 engines" in down.stderr
-        state = local.load_state_at(home)
+        state = local_state.load_state_at(home)
         assert state is not None
     finally:
         stopped = run(home, "cluster", "down", cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr
-    assert not any(local.process_alive(n.pid) for n in state.nodes)
+    assert not any(local_state.process_alive(n.pid) for n in state.nodes)
     assert not list(local._pids_using(state.temp_dir))
     # The session's own cluster, another Ray cluster on this machine, is untouched.
-    assert local.process_alive(ray_cluster.nodes[0].pid)
-    assert local.port_open(ray_cluster.address)
+    assert local_state.process_alive(ray_cluster.nodes[0].pid)
+    assert local_state.port_open(ray_cluster.address)
     assert run(home, "cluster", "down", cwd=tmp_path).stderr.strip() == "no local cluster running: nothing to stop"

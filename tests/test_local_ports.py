@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from dpctl_ray.launcher import local
+from dpctl_ray.local import nodes as local
 
 
 def test_a_random_port_never_lands_on_a_ray_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dpctl_ray.launcher import local
-from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.local import state as local_state
+from dpctl_ray.local.state import LocalState
 from tests.conftest import dpctl, leftovers
 
 pytestmark = pytest.mark.ray
@@ -70,7 +70,7 @@ def test_a_session_the_client_server_cannot_start_is_tried_again_then_named(tmp_
     started = dpctl("cluster", "up", "--nodes", "0", **no_time)
     assert started.returncode == 0, started.stderr
     try:
-        state = local.load_state_at(home)
+        state = local_state.load_state_at(home)
         assert state is not None
         assert state.client_port
         # The server keeps a failed session for the client's reconnect grace period (30 s) before it answers.

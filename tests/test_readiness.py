@@ -14,9 +14,9 @@ from dpctl_ray.config import Timeouts
 from dpctl_ray.engines.protocol import MAX_FRAME_BYTES, BadFrame, Frame, Phase, decode
 from dpctl_ray.engines.spec import DemoSpec
 from dpctl_ray.errors import InfeasibleError, LaunchFailed, TimedOut
-from dpctl_ray.launcher.local import LocalState
 from dpctl_ray.launcher.progress import RankPhase, RankProgress
 from dpctl_ray.launcher.stream import ReadinessStream
+from dpctl_ray.local.state import LocalState
 from dpctl_ray.planner import Placement, Plan, PlanRequest, plan
 from tests.conftest import leftovers, ray_driver
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dpctl_ray.launcher import local
+from dpctl_ray.local import state as local_state
 from tests.conftest import dpctl
 
 pytestmark = pytest.mark.ray
@@ -112,7 +112,7 @@ def wait_until(check: Any, timeout: float = 60.0, what: str = "", last: Any = No
 def gpu_workers(home: Path) -> int:
     """Workers alive (after earlier tests killed or added some), once Ray no longer lists the killed ones."""
     nodes = json.loads(run(home, "cluster", "status", "-o", "json").stdout)["nodes"]
-    alive = sum(1 for n in nodes if not n["head"] and local.process_alive(n["pid"]))
+    alive = sum(1 for n in nodes if not n["head"] and local_state.process_alive(n["pid"]))
 
     def listed() -> int:
         result = run(home, "inventory", "--format", "json")
@@ -235,7 +235,7 @@ def objects_of(home: Path, name: str) -> list[str]:
     Asked from a process of its own: Ray keeps the first auth token a process loads, and this test process
     has the session cluster's.
     """
-    state = local.load_state_at(home)
+    state = local_state.load_state_at(home)
     assert state is not None
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(home / "auth_token")}
     env.pop("RAY_ADDRESS", None)

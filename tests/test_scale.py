@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.local.state import LocalState
 from tests.conftest import demo_config, dpctl, dpctl_background, interrupt, leftovers, ray_driver, wait_for
 
 pytestmark = pytest.mark.ray

@@ -27,7 +27,8 @@ import pytest
 import ray
 import yaml
 
-from dpctl_ray.launcher import local
+from dpctl_ray.local import nodes as local
+from dpctl_ray.local import state as local_state
 
 ROOT = Path(__file__).resolve().parent.parent
 DPCTL = ROOT / ".venv" / "bin" / "dpctl"
@@ -98,7 +99,7 @@ def _stop(pids: list[int], temp_dir: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(local.process_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(local_state.process_alive(p) for p in pids):
         time.sleep(0.2)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -136,7 +137,7 @@ def hidden(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HiddenCluster]:
     home = tmp_path_factory.mktemp("home")
     token = home / "auth_token"
     token.write_text(secrets.token_hex(32))
-    auth = local.auth_env(str(token))
+    auth = local_state.auth_env(str(token))
     temp_dir = f"/tmp/dpctl-ship-{secrets.token_hex(3)}"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DPCTL_", "VIRTUAL_ENV", "UV"))}
     node_env = {**base, **auth, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{venv / 'bin'}:{base.get('PATH', '')}"}

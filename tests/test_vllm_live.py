@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.local.state import LocalState
 from tests.conftest import dpctl, dpctl_background, leftovers, ray_driver, wait_for
 from tests.test_engines import alive, fake_vllm_config, stand_ins, started_with
 from tests.test_scale import identities

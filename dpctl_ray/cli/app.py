@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -13,15 +14,46 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort, TyperException
 
 from dpctl_ray import __version__
-from dpctl_ray.cli import console, deploy_cmd, doctor_cmd, failures, plan_cmd, status_cmd
-from dpctl_ray.cli.cluster_cmd import cluster_app
+from dpctl_ray.cli import console, failures
 from dpctl_ray.errors import BadInput, ChangeFailed, DpctlError, ExitCode
 from dpctl_ray.planner.place import NoPlan
 from dpctl_ray.values import one_line
 
+# Every command, in the order `--help` lists them: the module of dpctl_ray.cli and the object there. A command's
+# module is imported when that command runs (or for `--help`), not on every run (a lazy command group).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("plan_cmd", "plan_command"),
+    "inventory": ("plan_cmd", "inventory_command"),
+    "up": ("deploy_cmd", "up_command"),
+    "status": ("status_cmd", "status_command"),
+    "scale": ("deploy_cmd", "scale_command"),
+    "logs": ("status_cmd", "logs_command"),
+    "repair": ("deploy_cmd", "repair_command"),
+    "down": ("deploy_cmd", "down_command"),
+    "doctor": ("doctor_cmd", "doctor_command"),
+    "cluster": ("cluster_cmd", "cluster_app"),
+}
+
 
 class DpctlGroup(TyperGroup):
-    """The root group: runs a command and turns whatever escapes it into one line and an exit code."""
+    """The root group: loads a command when it is asked for, runs it, and turns whatever escapes into an exit code."""
+
+    def list_commands(self, ctx: Any) -> list[str]:  # noqa: ARG002 - click's signature (Typer's own click)
+        """Every command's name."""
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:  # noqa: ARG002 - click's signature
+        """The command, built by Typer from its function (or the `cluster` group) on first use."""
+        found = COMMANDS.get(cmd_name)
+        if found is None:
+            return None
+        module, attr = found
+        target = getattr(importlib.import_module(f"dpctl_ray.cli.{module}"), attr)
+        if isinstance(target, typer.Typer):
+            return typer.main.get_group(target)
+        single = typer.Typer()
+        single.command(cmd_name)(target)
+        return typer.main.get_command(single)
 
     def main(  # type: ignore[override]  # noqa: D102 - click's main, with the error boundary around it
         self,
@@ -34,27 +66,25 @@ class DpctlGroup(TyperGroup):
         argv = list(sys.argv[1:] if args is None else args)
         options = argv[: argv.index("--")] if "--" in argv else argv
         debug = "--debug" in options or os.environ.get("DPCTL_DEBUG", "") not in ("", "0")
-        console.reset()
         # Errors that stop a command before its -o option is read (usage errors) are documents too.
-        console.session.json_errors = _wants_document(self, options)
+        invocation = console.Invocation(json_errors=_wants_document(self, options))
         code = run(
             lambda: super(DpctlGroup, self).main(
-                argv, prog_name or "dpctl", complete_var, standalone_mode=False, **extra
+                argv, prog_name or "dpctl", complete_var, standalone_mode=False, obj=invocation, **extra
             ),
             debug,
+            invocation,
         )
         sys.exit(int(code))
 
 
-def _wants_document(group: TyperGroup, argv: list[str]) -> bool:
+def _wants_document(group: DpctlGroup, argv: list[str]) -> bool:
     """Whether the command line asks a command that has -o for `-o json` or `-o yaml`."""
-    command: Any = group
-    for word in [a for a in argv if not a.startswith("-")][:2]:
-        subcommands = getattr(command, "commands", {})
-        if word not in subcommands:
-            break
-        command = subcommands[word]
-    if command is group or not any(p.name == "output" for p in command.params):
+    words = [a for a in argv if not a.startswith("-")][:2]
+    command: Any = group.get_command(typer.Context(group), words[0]) if words else None
+    if command is not None and len(words) > 1:
+        command = getattr(command, "commands", {}).get(words[1], command)
+    if command is None or not any(p.name == "output" for p in command.params):
         return False
     for i, arg in enumerate(argv):
         value = None
@@ -69,7 +99,7 @@ def _wants_document(group: TyperGroup, argv: list[str]) -> bool:
     return False
 
 
-def run(command: Any, debug: bool) -> int:
+def run(command: Any, debug: bool, invocation: console.Invocation) -> int:
     """Call `command`; map DpctlError, usage errors, Ctrl-C and bugs to DESIGN.md exit codes."""
     try:
         result = command()
@@ -77,12 +107,12 @@ def run(command: Any, debug: bool) -> int:
         if isinstance(exc, NoPlan):
             from dpctl_ray.cli.explain import in_words  # noqa: PLC0415 - only when a plan does not fit
 
-            exc = in_words(exc)
+            exc = in_words(exc, json_errors=invocation.json_errors)
         elif isinstance(exc, ChangeFailed):
             exc = failures.in_words(exc)
         exc.message = one_line(exc.message)
         exc.hint = one_line(exc.hint) if exc.hint else exc.hint
-        if console.session.json_errors:
+        if invocation.json_errors:
             console.print_json(exc.to_json())
         _error(exc.message, exc.hint)
         if debug:
@@ -92,7 +122,7 @@ def run(command: Any, debug: bool) -> int:
         ctx = getattr(exc, "ctx", None)
         command_path = ctx.command_path if ctx is not None else "dpctl"
         usage = BadInput(one_line(exc.format_message()), hint=f"see '{command_path} --help'", code="usage")
-        if console.session.json_errors:
+        if invocation.json_errors:
             console.print_json(usage.to_json())
         _error(usage.message, usage.hint)
         return int(getattr(exc, "exit_code", ExitCode.BAD_INPUT))
@@ -111,7 +141,7 @@ def run(command: Any, debug: bool) -> int:
             hint="this is a bug in dpctl; rerun with --debug for the traceback and report it",
             code="bug",
         )
-        if console.session.json_errors:
+        if invocation.json_errors:
             console.print_json(bug.to_json())
         _error(bug.message, bug.hint)
         return ExitCode.ERROR
@@ -146,23 +176,8 @@ def root(
     """Plan and launch data-parallel LLM engine clusters on Ray."""
 
 
-def _commands() -> dict[str, Callable[..., Any]]:
-    """Every command, in the order `--help` lists them."""
-    return {
-        "plan": plan_cmd.plan_command,
-        "inventory": plan_cmd.inventory_command,
-        "up": deploy_cmd.up_command,
-        "status": status_cmd.status_command,
-        "scale": deploy_cmd.scale_command,
-        "logs": status_cmd.logs_command,
-        "repair": deploy_cmd.repair_command,
-        "down": deploy_cmd.down_command,
-        "doctor": doctor_cmd.doctor_command,
-    }
-
-
-def build(only: str | None = None) -> typer.Typer:
-    """The dpctl app: every command, or only the one named (and the root options)."""
+def build() -> typer.Typer:
+    """The dpctl app: the root options and every command, each loaded when it is asked for."""
     built = typer.Typer(
         cls=DpctlGroup,
         name="dpctl",
@@ -173,16 +188,10 @@ def build(only: str | None = None) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     built.callback()(root)
-    for name, command in _commands().items():
-        if only in (None, name):
-            built.command(name)(command)
-    if only in (None, "cluster"):
-        built.add_typer(cluster_app)
     return built
 
 
 app = build()
-COMMAND_NAMES = frozenset([*_commands(), "cluster"])
 
 
 def main() -> None:
@@ -192,8 +201,4 @@ def main() -> None:
     # which still collects in a long `status --watch`. Saves ~10% of a 16k-node `plan`.
     gc.freeze()
     gc.set_threshold(200_000, 10, 10)
-    # `dpctl NAME ...` builds the app with that command alone: Typer turns every command's signature into
-    # options on each run (~8 ms for all, ~1 ms for one). Anything else (help, a typo, a root option first)
-    # gets the whole app.
-    name = sys.argv[1] if len(sys.argv) > 1 else None
-    (build(name) if name in COMMAND_NAMES else app)()
+    app()

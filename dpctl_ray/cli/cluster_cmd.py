@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -13,9 +13,9 @@ from dpctl_ray.cli import console, options
 from dpctl_ray.cli.render import Column, table
 from dpctl_ray.config import MAX_LOCAL_DEVICES, MAX_LOCAL_NODES, load_config, local_labels
 from dpctl_ray.errors import BadInput
-
-if TYPE_CHECKING:
-    from dpctl_ray.launcher.local import LocalState
+from dpctl_ray.local import nodes as local
+from dpctl_ray.local import state as local_state
+from dpctl_ray.local.state import LocalState
 
 cluster_app = typer.Typer(
     name="cluster",
@@ -70,9 +70,8 @@ def cluster_up(
     if labels is not None:
         given["labels"] = local_labels(labels, "--labels")
     shape = dataclasses.replace(shape, **given)
-    from dpctl_ray.launcher import local  # noqa: PLC0415 - subprocess & co. only for cluster commands
 
-    running = local.running_state()
+    running = local_state.running_state()
     if running is not None:
         console.info(f"a local cluster is already running at {running.address}; `dpctl cluster down` stops it")
         _show(running)
@@ -85,13 +84,11 @@ def cluster_up(
 @cluster_app.command("status")
 def cluster_status(output: options.OutputOpt = options.Output.table) -> None:
     """The local cluster's nodes, their processes, and how to reach it from other tools."""
-    from dpctl_ray.launcher import local  # noqa: PLC0415
-
-    state = local.load_state()
+    state = local_state.load_state()
     if output is not options.Output.table:
         doc: dict[str, object] = {"running": False}
         if state is not None:
-            doc = {"running": local.running_state() is not None, **dataclasses.asdict(state)}
+            doc = {"running": local_state.running_state() is not None, **dataclasses.asdict(state)}
         console.print_json(doc)
         return
     if state is None:
@@ -105,9 +102,7 @@ def cluster_kill_node(
     node: Annotated[str, typer.Argument(help="A worker's name, e.g. worker-2 (`dpctl cluster status`).")],
 ) -> None:
     """SIGKILL one worker node, as if its machine died: rehearse `dpctl repair` on this machine."""
-    from dpctl_ray.launcher import local  # noqa: PLC0415
-
-    state = _running(local)
+    state = _running()
     killed = local.kill_node(state, node)
     console.info(f"killed {killed.name} ({killed.ip}, pid {killed.pid}); Ray marks it dead within seconds")
 
@@ -115,24 +110,20 @@ def cluster_kill_node(
 @cluster_app.command("add-node")
 def cluster_add_node() -> None:
     """Start one more worker node of the cluster's shape, on the next free loopback address."""
-    from dpctl_ray.launcher import local  # noqa: PLC0415
-
-    local.add_node(_running(local), say=console.info)
+    local.add_node(_running(), say=console.info)
 
 
-def _running(local: Any) -> LocalState:
-    state = local.running_state()
+def _running() -> LocalState:
+    state = local_state.running_state()
     if state is None:
         raise BadInput("no local cluster is running", hint="`dpctl cluster up` starts one")
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 @cluster_app.command("down")
 def cluster_down() -> None:
     """Stop exactly the processes `dpctl cluster up` started (by PID), never another Ray cluster."""
-    from dpctl_ray.launcher import local  # noqa: PLC0415
-
-    state = local.load_state()
+    state = local_state.load_state()
     if state is None:
         console.info("no local cluster running: nothing to stop")
         return
@@ -141,15 +132,14 @@ def cluster_down() -> None:
 
 
 def _show(state: LocalState) -> None:
-    from dpctl_ray.launcher import local  # noqa: PLC0415
 
-    alive = local.running_state() is not None
+    alive = local_state.running_state() is not None
     rows = [
         (
             n.name,
             n.ip,
             str(n.pid),
-            "up" if local.process_alive(n.pid) else "gone",
+            "up" if local_state.process_alive(n.pid) else "gone",
             f"{n.gpus}{' (simulated)' if state.simulated_gpus and n.gpus else ''}",
             str(n.cpus),
             ", ".join(f"{k}={v}" for k, v in n.labels.items()),

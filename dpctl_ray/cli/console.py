@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -20,18 +21,14 @@ class Renderable(Protocol):
         """The table as text."""
 
 
-class _Session:
-    """Per-invocation output settings the error boundary needs (tests run many invocations in one process)."""
+@dataclass(slots=True)
+class Invocation:
+    """One run of dpctl and how it prints: made by the error boundary, handed to commands as click's `ctx.obj`.
 
-    json_errors = False
+    Nothing about a run is global: tests run many in one process.
+    """
 
-
-session = _Session()
-
-
-def reset() -> None:
-    """Forget the previous invocation's settings."""
-    session.json_errors = False
+    json_errors: bool = False  # errors are also `{"error": ...}` documents on stdout (`-o json` / `-o yaml`)
 
 
 PIPED_WIDTH = 100  # piped output is read by people too: wide enough for a table, narrow enough to read

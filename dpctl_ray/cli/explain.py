@@ -67,14 +67,14 @@ def worth_showing(skipped: tuple[Skip, ...], *, show_deviceless: bool) -> tuple[
     return tuple(s for s in skipped if show_deviceless or s.reason is not SkipReason.NO_DEVICE)
 
 
-def in_words(exc: NoPlan) -> InfeasibleError:
+def in_words(exc: NoPlan, *, json_errors: bool) -> InfeasibleError:
     """The error boundary's words for a plan that does not fit; the nodes passed over go to stderr as a table.
 
-    With a JSON document requested, the causes go into its `error` document instead of a table.
+    With a JSON document requested (`json_errors`), the causes go into its `error` document instead of a table.
     """
     result = exc.result
     passed_over = worth_showing(result.skipped, show_deviceless=result.code is InfeasibleCode.NO_NODES)
-    if passed_over and not console.session.json_errors:
+    if passed_over and not json_errors:
         console.print_err(table(SKIP_COLUMNS, skip_rows(passed_over, result.spec.device), title="nodes passed over"))
     message, hint = describe(result)
     return InfeasibleError(message, hint=hint, code=result.code.value, details=infeasible_details(result))

@@ -44,9 +44,10 @@ class Output(str, Enum):
     yaml = "yaml"
 
 
-def _remember_output(value: Output) -> str:
-    # Every command with -o tells the error boundary here, so that its errors come as documents too.
-    console.session.json_errors = value is not Output.table
+def _remember_output(ctx: typer.Context, value: Output) -> str:
+    # Every command with -o tells the error boundary's Invocation, so that its errors come as documents too.
+    if isinstance(ctx.obj, console.Invocation):
+        ctx.obj.json_errors = value is not Output.table
     return value.value  # Typer converts what a callback returns to the enum again
 
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from dpctl_ray.config import ClusterConfig
 from dpctl_ray.errors import ClusterUnreachable
-from dpctl_ray.launcher import local
+from dpctl_ray.local import nodes as local
+from dpctl_ray.local import state as local_state
 
 if TYPE_CHECKING:
     from dpctl_ray.launcher.session import Session
@@ -30,7 +31,7 @@ class Target:
     address: str
     source: str
     env: dict[str, str] = field(default_factory=dict)
-    local: local.LocalState | None = None
+    local: local_state.LocalState | None = None
 
 
 def resolve(cluster: ClusterConfig, *, start_local: bool, say: Callable[[str], None]) -> Target:
@@ -43,12 +44,12 @@ def resolve(cluster: ClusterConfig, *, start_local: bool, say: Callable[[str], N
     env_address = os.environ.get("RAY_ADDRESS", "").strip()
     if env_address and env_address != "auto":
         return _explicit(env_address, "RAY_ADDRESS")
-    state = local.running_state()
+    state = local_state.running_state()
     if state is not None:
         return Target(state.address, "local cluster", state.env(), state)
     if RAY_CURRENT_CLUSTER.is_file():
         current = RAY_CURRENT_CLUSTER.read_text().strip()
-        if current and local.port_open(current):
+        if current and local_state.port_open(current):
             return _explicit(current, "the Ray cluster running on this machine")
     if start_local:
         return _local(cluster, start_local, say, "")
@@ -65,10 +66,10 @@ def _explicit(address: str, source: str) -> Target:
             hint="pip install 'dpctl-ray[client]', or use the GCS address (host:6379) inside the cluster's network",
             code="client_extra_missing",
         )
-    state = local.running_state()
+    state = local_state.running_state()
     if state is not None and address in (state.address, f"ray://{state.address}"):
         return Target(state.address, f"local cluster (from {source})", state.env(), state)
-    if not local.port_open(address, timeout=3.0):
+    if not local_state.port_open(address, timeout=3.0):
         raise ClusterUnreachable(
             f"no Ray cluster answers at {address} (from {source})",
             hint="check the address and that the head node is up; `ray status --address` should answer",
@@ -82,7 +83,7 @@ def _explicit(address: str, source: str) -> Target:
 
 
 def _local(cluster: ClusterConfig, start_local: bool, say: Callable[[str], None], why: str) -> Target:
-    state = local.running_state()
+    state = local_state.running_state()
     if state is None:
         if not start_local:
             raise ClusterUnreachable(

@@ -16,9 +16,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import dpctl_ray
 from dpctl_ray.engines.probe import probe
-from dpctl_ray.launcher import local, shipping
+from dpctl_ray.launcher import shipping
 from dpctl_ray.launcher.apply import bind_ip
 from dpctl_ray.launcher.nodes import snapshot
+from dpctl_ray.local import state as local_state
 from dpctl_ray.planner import Infeasible, Node, Placement, PlanRequest, SpecError, plan
 
 PROBE_TIMEOUT = 60.0  # a node's first shipped task unpacks dpctl and starts a worker
@@ -156,11 +157,11 @@ def _versions(views: list[NodeView]) -> Check:
 
 
 def _auth() -> Check:
-    if not local.token_auth_supported():
+    if not local_state.token_auth_supported():
         return Check(
             "auth",
             Verdict.WARN,
-            f"Ray {local.ray_version()} has no token authentication: anyone who reaches the cluster can run code",
+            f"Ray {local_state.ray_version()} has no token authentication: anyone who reaches the cluster can run code",
             "keep the cluster's ports inside a private network",
         )
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
