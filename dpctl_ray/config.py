@@ -319,7 +319,7 @@ def runtime_env(doc: object, source: str | None) -> RuntimeEnv:
         values.env_name(key, f"{path}.env_vars")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{path}.env_vars.{key}: must be a string, got {values.show(value)}")
-        pairs.append((str(key), str(value)))
+        pairs.append((str(key), values.no_nul(str(value), f"{path}.env_vars.{key}")))
     pip = section.get("pip", [])
     if not isinstance(pip, list) or (not pip and "pip" in section):
         raise ConfigError(

@@ -18,6 +18,7 @@ from dpctl_ray.values import show
 MAX_BYTES = 256 * 1024 * 1024  # a 200,000-node inventory is about 30 MB, its plan about 60 MB
 MAX_ALIASES = 32  # YAML aliases (shared mappings and lists) one document may use
 MAX_DEPTH = 32  # mappings and lists inside each other
+SHOWN_PATH = 80  # characters of the key path an error shows
 
 
 class DuplicateKey(ValueError):
@@ -130,9 +131,9 @@ def _check_shape(doc: Any, path: str) -> None:
     """
     seen: set[int] = set()
     aliases = 0
-    stack: list[tuple[Any, int, tuple[int, ...]]] = [(doc, 0, ())]
+    stack: list[tuple[Any, int, tuple[int, ...], str]] = [(doc, 0, (), "")]
     while stack:
-        value, depth, ancestors = stack.pop()
+        value, depth, ancestors, where = stack.pop()
         if not isinstance(value, (dict, list)):
             continue
         key = id(value)
@@ -147,11 +148,14 @@ def _check_shape(doc: Any, path: str) -> None:
                 )
             continue
         if depth >= MAX_DEPTH:
-            raise BadInput(f"{path}: nested too deeply (at most {MAX_DEPTH} levels)")
+            at = where if len(where) <= SHOWN_PATH else f"{where[:SHOWN_PATH]}..."
+            raise BadInput(f"{path}: nested too deeply at {at} (at most {MAX_DEPTH} levels)")
         seen.add(key)
-        children = value.values() if isinstance(value, dict) else value
         inner = (*ancestors, key)
-        stack.extend((child, depth + 1, inner) for child in children)
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1, inner, f"{where}.{k}" if where else str(k)) for k, v in value.items())
+        else:
+            stack.extend((v, depth + 1, inner, f"{where}[{i}]") for i, v in enumerate(value))
 
 
 def dump_yaml(doc: Any) -> str:

@@ -13,6 +13,7 @@ from dpctl_ray.errors import ConfigError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INTEGER = re.compile(r"^\s*-?[0-9]{1,30}\s*$")  # ASCII digits only: "²" and "٣" pass isdigit(), not this
+_LONG_INTEGER = re.compile(r"^\s*[0-9]{31,}\s*$")  # digits beyond any bound: never made an int (unbounded work)
 _DECIMAL = re.compile(r"^\s*[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,3})?\s*$")
 SHOWN_CHARS = 80
 
@@ -69,7 +70,8 @@ def integer(value: object, path: str, minimum: int = 1, maximum: int = MAX_COUNT
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         if expect:
             what = f"{expect} or {what}"
-        if isinstance(value, int) and not isinstance(value, bool) and value > maximum:
+        too_big = isinstance(value, int) and not isinstance(value, bool) and value > maximum
+        if too_big or (isinstance(value, str) and _LONG_INTEGER.match(value)):
             what = f"{what} of at most {maximum:,}"
         raise ConfigError(f"{path}: must be {what}, got {show(value)}")
     return value
@@ -121,16 +123,22 @@ def choice(value: object, path: str, choices: tuple[str, ...]) -> Any:
 
 def names(value: object, path: str) -> tuple[str, ...]:
     """A list of node ids or ips; an entry (or the whole value) may be a comma-separated string of several."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{path}: must be a list of node ids or ips, got {show(value)}")
-    out = tuple(part.strip() for v in value for part in v.split(",") if part.strip())
-    if len(out) < len(value):
-        raise ConfigError(f"{path}: names an empty node", hint="list node ids or ips; leave the key out for all nodes")
-    if any(printable(n) != n for n in out):
-        raise ConfigError(f"{path}: must be a list of node ids or ips, got {show(value)}")
-    return out
+    entries = [(path, value)] if isinstance(value, str) else None
+    if entries is None:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: must be a list of node ids or ips, got {show(value)}")
+        entries = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    out: list[str] = []
+    for where, entry in entries:
+        if not isinstance(entry, str) or printable(entry) != entry:
+            raise ConfigError(f"{where}: must be a node id or ip (printable text), got {show(entry)}")
+        parts = [part.strip() for part in entry.split(",")]
+        if not all(parts):
+            raise ConfigError(
+                f"{path}: names an empty node", hint="list node ids or ips; leave the key out for all nodes"
+            )
+        out += parts
+    return tuple(out)
 
 
 def ranks(value: object, path: str) -> tuple[int, ...]:
@@ -158,3 +166,10 @@ def regex(value: object, path: str) -> str:
     except (re.error, RecursionError, OverflowError) as exc:
         raise ConfigError(f"{path}: not a valid regular expression ({printable(str(exc))[:120]})") from None
     return value
+
+
+def no_nul(text: str, path: str) -> str:
+    """A string a process can be given: no NUL byte (an argument and an environment value are C strings)."""
+    if "\0" in text:
+        raise ConfigError(f"{path}: must not contain a NUL byte (\\0): a process argument or variable cannot hold one")
+    return text

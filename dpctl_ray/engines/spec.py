@@ -159,28 +159,30 @@ def engine_from_document(raw: object, path: str = "engine") -> EngineSpec:
 
 
 def _argv(raw: object, path: str) -> tuple[str, ...]:
-    if (
-        not isinstance(raw, list)
-        or not raw
-        or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in raw)
-    ):
+    if not isinstance(raw, list) or not raw:
         raise ConfigError(
             f"{path}: must be a non-empty list of strings, got {values.show(raw)}",
             hint="a list, never a shell string: [vllm, serve, MODEL, --port, '{port}']",
         )
-    argv = tuple(str(a) for a in raw)
-    for i, arg in enumerate(argv):
-        check_template(arg, f"{path}[{i}]")
-    return argv
+    return _arguments(raw, path)
 
 
 def _argv_tail(raw: object, path: str) -> tuple[str, ...]:
-    if not isinstance(raw, list) or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in raw):
+    if not isinstance(raw, list):
         raise ConfigError(f"{path}: must be a list of arguments, got {values.show(raw)}")
-    args = tuple(str(a) for a in raw)
-    for i, arg in enumerate(args):
-        check_template(arg, f"{path}[{i}]")
-    return args
+    return _arguments(raw, path)
+
+
+def _arguments(raw: list[object], path: str) -> tuple[str, ...]:
+    """Each argument a string (a number is written as one), checked as a template; a bad one named by its index."""
+    out = []
+    for i, arg in enumerate(raw):
+        if not isinstance(arg, (str, int, float)) or isinstance(arg, bool):
+            raise ConfigError(f"{path}[{i}]: must be a string, got {values.show(arg)}")
+        text = values.no_nul(str(arg), f"{path}[{i}]")
+        check_template(text, f"{path}[{i}]")
+        out.append(text)
+    return tuple(out)
 
 
 def _python_class(raw: object, path: str) -> str:
@@ -225,7 +227,7 @@ def _env(raw: object, path: str) -> tuple[tuple[str, str], ...]:
         values.env_name(key, path)
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{path}.{key}: must be a string, got {values.show(value)}")
-        rendered = str(value)
+        rendered = values.no_nul(str(value), f"{path}.{key}")
         check_template(rendered, f"{path}.{key}")
         out.append((str(key), rendered))
     return tuple(out)

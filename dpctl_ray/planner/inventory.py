@@ -114,7 +114,8 @@ def _node(raw: object, i: int, checked: set[tuple[str, str]]) -> Node:
         labels = _NO_LABELS
     elif not isinstance(labels, dict) or not _labels_ok(labels, checked):
         raise InventoryError(
-            f"nodes[{i}].labels: must map label names to values (printable strings), got {_kind(labels)}"
+            f"nodes[{i}].labels: must map label names to values (printable strings), got {_kind(labels)}",
+            hint="e.g. labels: {zone: us-east-1a}; leave the key out (or {}) for a node without labels",
         )
     else:
         labels = dict(labels)
