@@ -168,6 +168,7 @@ class _Store(_Part):
         return self.c.record(name)
 
     def save(self, record: Record) -> None:
+        record.updated = self.ports.now()  # as the real store: every write is a new revision
         self.c.records[record.name] = record.to_json()
 
     def delete(self, name: str) -> bool:

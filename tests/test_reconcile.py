@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpctl_ray.config import Config, Timeouts
+from dpctl_ray.deployment import change as changes
 from dpctl_ray.deployment.record import DeploymentState, Record
 from dpctl_ray.engines.spec import DemoSpec
-from dpctl_ray.errors import ChangeFailed, ExitCode, Left
+from dpctl_ray.errors import BadInput, ChangeFailed, ExitCode, Left
 from dpctl_ray.launcher.operations import Operations
 from dpctl_ray.launcher.progress import QuietObserver
 from dpctl_ray.launcher.records import ObjectKind, object_name, prefix
@@ -251,3 +252,25 @@ def test_any_sequence_of_scales_leaves_exactly_what_the_record_owns(
                 Operations(cluster.command()).scale("h", len(record.ranks), T, dry_run=False, observer=QUIET)
                 cluster.fail_ranks = fail - {0}
         owned(cluster, "h")
+
+
+def test_a_saved_change_applies_while_fresh_and_is_refused_once_anything_moved() -> None:
+    """A dry run's change file applies unchanged; once the record or the cluster moved, it is refused (exit 2)."""
+    cluster = Cluster.of(4)
+    up(cluster, "f", 2)
+    dry = Operations(cluster.command()).scale("f", 3, T, dry_run=True, observer=QUIET)
+    assert dry.change is not None
+    saved = changes.artifact(dry.record, dry.change)
+    up(cluster, "other", 1)  # another deployment takes devices: the cluster's fingerprint moves
+    with pytest.raises(BadInput, match="the cluster changed since") as stale:
+        Operations(cluster.command()).scale("f", 3, T, dry_run=False, observer=QUIET, expect=saved)
+    assert stale.value.code == "stale_change"
+    owned(cluster, "f")
+    again = Operations(cluster.command()).scale("f", 3, T, dry_run=True, observer=QUIET)
+    assert again.change is not None
+    fresh = changes.artifact(again.record, again.change)
+    Operations(cluster.command()).scale("f", 3, T, dry_run=False, observer=QUIET, expect=fresh)
+    owned(cluster, "f")
+    record = cluster.record("f")
+    assert record is not None
+    assert len(record.ranks) == 3

@@ -228,3 +228,40 @@ def test_interrupted_scale_up_keeps_the_old_size(live: LocalState, tmp_path: Pat
     finally:
         dpctl("down", "steadfast")
     assert leftovers(live, "steadfast") == []
+
+
+def test_a_saved_change_applies_while_fresh_and_scale_ignores_a_config_in_the_directory(
+    live: LocalState, tmp_path: Path
+) -> None:
+    """--dry-run --out saves the change, --change applies it; a stale one is exit 2; a dpctl.yaml nearby is not read."""
+    config = demo_config(tmp_path, "saved", dp=2, tp=1, pack="fill")
+    assert dpctl("up", "-f", config).returncode == 0
+    try:
+        grow = tmp_path / "grow.json"
+        dry = dpctl("scale", "saved", "--dp", "3", "--dry-run", "--out", str(grow))
+        assert dry.returncode == 0, dry.stderr
+        saved = json.loads(grow.read_text())
+        assert (saved["change"]["operation"], saved["change"]["before"], saved["change"]["after"]) == ("scale", 2, 3)
+        assert saved["change"]["create"] == [2]
+        shrink = tmp_path / "shrink.json"
+        assert dpctl("scale", "saved", "--dp", "1", "--dry-run", "--out", str(shrink)).returncode == 0
+        applied = dpctl("scale", "--change", str(grow))
+        assert applied.returncode == 0, applied.stderr
+        assert expect_ranks(live, "saved", 3)
+        stale = dpctl("scale", "--change", str(shrink))
+        assert stale.returncode == 2, stale.stderr
+        assert "the change file no longer applies to saved: the deployment changed since" in stale.stderr
+        assert expect_ranks(live, "saved", 3)
+        # A config in the current directory with dp_local 2 says nothing about the size of `saved`.
+        (tmp_path / "dpctl.yaml").write_text("name: other\nplacement: {dp: 2, dp_local: 2, tp: 1}\n")
+        down_to_one = dpctl("scale", "saved", "--dp", "1", cwd=tmp_path)
+        assert down_to_one.returncode == 0, down_to_one.stderr
+        assert expect_ranks(live, "saved", 1)
+        mixed = dpctl("scale", "--change", str(grow), "--dp", "2")
+        assert mixed.returncode == 2
+        assert "--change fixes the new size; drop --dp" in mixed.stderr
+        lone = dpctl("scale", "saved", "--dp", "2", "--out", str(grow))
+        assert lone.returncode == 2
+        assert "--out saves a dry run's change; add --dry-run" in lone.stderr
+    finally:
+        dpctl("down", "saved")

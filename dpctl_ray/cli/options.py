@@ -25,6 +25,7 @@ from dpctl_ray.engines.loader import declared_layout, load_engine_class
 from dpctl_ray.engines.spec import PythonSpec
 from dpctl_ray.errors import BadInput, ConfigError
 from dpctl_ray.planner import check_spec
+from dpctl_ray.values import seconds
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -152,6 +153,12 @@ def target(name: str | None, config: Config, cluster: Session) -> str:
             code="name_needed",
         )
     return config.name  # none: the command says that there is no such deployment
+
+
+def with_timeouts(config: Config, **flags: tuple[str, str | None]) -> Config:
+    """The config's timeouts with the flags given (by field: (flag as typed, value)) laid over them."""
+    given = {field: seconds(value, flag) for field, (flag, value) in flags.items() if value is not None}
+    return dataclasses.replace(config, timeouts=dataclasses.replace(config.timeouts, **given))
 
 
 def resolve_engine(config: Config) -> Config:

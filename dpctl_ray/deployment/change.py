@@ -343,3 +343,35 @@ def _events(after: Record, before: Record, change: Change, ips: Mapping[str, str
     for move in change.moves:
         to = "+".join(ips.get(n, n[:8]) for n in move.after.nodes)
         after.event(move.rank, move.cause, was.get(move.rank, ""), to, result, at=at)
+
+
+ARTIFACT_VERSION = 1
+
+
+def artifact(record: Record, change: Change) -> dict[str, object]:
+    """A change as a file (`scale --dry-run --out FILE`): what it does, and the state it was made against.
+
+    The state is the record's revision (its last write) and the cluster's fingerprint (its nodes and what they
+    had free): applying the file (`--change FILE`) makes the change again and refuses it unless both, and so
+    the change itself, are the same.
+    """
+    return {
+        "version": ARTIFACT_VERSION,
+        "made_against": {"record": record.updated, "cluster_fingerprint": change.plan.fingerprint},
+        "change": change.to_document(),
+    }
+
+
+def stale(saved: Mapping[str, object], now: Mapping[str, object]) -> str | None:
+    """Why a saved change no longer applies (None: it is what would be done now)."""
+    then, current = saved.get("made_against"), now["made_against"]
+    if then != current and isinstance(then, Mapping) and isinstance(current, Mapping):
+        if then.get("record") != current.get("record"):
+            return "the deployment changed since (its record was written again)"
+        return (
+            f"the cluster changed since (fingerprint {then.get('cluster_fingerprint')}, "
+            f"now {current.get('cluster_fingerprint')})"
+        )
+    if saved.get("change") != now["change"]:
+        return "the change would not be the same now"
+    return None

@@ -6,13 +6,14 @@ No room is exit 3 and the deployment degraded. The supervisor of `recovery: auto
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from dpctl_ray.config import Timeouts
 from dpctl_ray.deployment import change as changes
 from dpctl_ray.deployment.record import LIVE, DeploymentState, Record
 from dpctl_ray.deployment.status import LOST, rank_status
 from dpctl_ray.errors import BadInput, InfeasibleError
-from dpctl_ray.launcher.op_scale import require
+from dpctl_ray.launcher.op_scale import require, verify
 from dpctl_ray.launcher.ports import Ports
 from dpctl_ray.launcher.progress import Observer
 from dpctl_ray.launcher.reconcile import Reconciler
@@ -21,7 +22,15 @@ from dpctl_ray.planner import Infeasible
 from dpctl_ray.planner import repair as repairing
 
 
-def repair(ports: Ports, name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> RepairResult:
+def repair(
+    ports: Ports,
+    name: str,
+    timeouts: Timeouts,
+    *,
+    dry_run: bool,
+    observer: Observer,
+    expect: Mapping[str, object] | None = None,
+) -> RepairResult:
     """Place every lost rank again, keeping its number; healthy ranks are not touched (a group restarts whole).
 
     No capacity leaves everything as it is, the deployment marked degraded, and raises (exit 3).
@@ -55,6 +64,7 @@ def repair(ports: Ports, name: str, timeouts: Timeouts, *, dry_run: bool, observ
         for warning in result.plan.warnings:
             observer.warn(warning)
         change = changes.repair(record, result)
+        verify(expect, record, change)
         if dry_run:
             return RepairResult(record, result, dry_run=True, restarted=change.stop_all, change=change)
         applied = reconciler.apply(record, change)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dpctl_ray.config import Timeouts
 from dpctl_ray.deployment import change as changes
 from dpctl_ray.deployment.record import DeploymentState, Record
@@ -14,7 +16,16 @@ from dpctl_ray.planner import feasible
 from dpctl_ray.planner import scale as scaling
 
 
-def scale(ports: Ports, name: str, dp: int, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> ScaleResult:
+def scale(
+    ports: Ports,
+    name: str,
+    dp: int,
+    timeouts: Timeouts,
+    *,
+    dry_run: bool,
+    observer: Observer,
+    expect: Mapping[str, object] | None = None,
+) -> ScaleResult:
     """Grow or shrink a running deployment to dp ranks: independent ranks keep running, a group restarts at dp."""
     with ports.store.locked(name, "scale"):
         reconciler = Reconciler(ports, observer, timeouts)
@@ -30,13 +41,23 @@ def scale(ports: Ports, name: str, dp: int, timeouts: Timeouts, *, dry_run: bool
                 f"deployment {name!r} is {record.state.value}, not running: nothing to scale",
                 hint=f"`dpctl down {name}` removes it; `dpctl up` launches it again",
             )
-        return resize(ports, reconciler, record, dp, dry_run=dry_run, observer=observer)
+        return resize(ports, reconciler, record, dp, dry_run=dry_run, observer=observer, expect=expect)
 
 
 def resize(
-    ports: Ports, reconciler: Reconciler, record: Record, dp: int, *, dry_run: bool, observer: Observer
+    ports: Ports,
+    reconciler: Reconciler,
+    record: Record,
+    dp: int,
+    *,
+    dry_run: bool,
+    observer: Observer,
+    expect: Mapping[str, object] | None = None,
 ) -> ScaleResult:
-    """A running deployment (its lock held, recovered) brought to dp ranks: the delta planned and applied."""
+    """A running deployment (its lock held, recovered) brought to dp ranks: the delta planned and applied.
+
+    `expect`: a change saved by a dry run (`--out`), applied only if it is still what would be done now.
+    """
     current = record.plan()
     if dp == len(current.ranks):
         return ScaleResult(record, None, dry_run=dry_run)
@@ -44,6 +65,7 @@ def resize(
     for warning in delta.plan.warnings:
         observer.warn(warning)
     change = changes.scale(record, delta)
+    verify(expect, record, change)
     group = change.stop_all
     if dry_run:
         return ScaleResult(record, delta, dry_run=True, restarted=group, before=len(record.ranks), change=change)
@@ -67,6 +89,19 @@ def _revive(ports: Ports, reconciler: Reconciler, record: Record, observer: Obse
     restart = changes.restart(record, ports.nodes.snapshot())
     applied = reconciler.apply(record, restart)
     return ScaleResult(applied.record, None, applied.launch, restarted=True, before=size, change=restart)
+
+
+def verify(expect: Mapping[str, object] | None, record: Record, change: changes.Change) -> None:
+    """A saved change (None: none) must be what the command would do now, against the same state (exit 2)."""
+    if expect is None:
+        return
+    why = changes.stale(expect, changes.artifact(record, change))
+    if why is not None:
+        raise BadInput(
+            f"the change file no longer applies to {record.name}: {why}",
+            hint=f"make it again: `dpctl {change.operation.value} {record.name} ... --dry-run --out FILE`; review it",
+            code="stale_change",
+        )
 
 
 def require(ports: Ports, name: str) -> Record:

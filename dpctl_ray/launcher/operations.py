@@ -8,6 +8,8 @@ cluster in the tests runs them as they are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dpctl_ray.config import Config, Timeouts
 from dpctl_ray.launcher import op_down, op_repair, op_scale, op_up
 from dpctl_ray.launcher.ports import Ports
@@ -30,13 +32,30 @@ class Operations:
             self.ports, config, planned=planned, observer=observer, keep_on_failure=keep_on_failure, recreate=recreate
         )
 
-    def scale(self, name: str, dp: int, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> ScaleResult:
+    def scale(
+        self,
+        name: str,
+        dp: int,
+        timeouts: Timeouts,
+        *,
+        dry_run: bool,
+        observer: Observer,
+        expect: Mapping[str, object] | None = None,
+    ) -> ScaleResult:
         """Grow or shrink a running deployment to dp ranks (see `op_scale.scale`)."""
-        return op_scale.scale(self.ports, name, dp, timeouts, dry_run=dry_run, observer=observer)
+        return op_scale.scale(self.ports, name, dp, timeouts, dry_run=dry_run, observer=observer, expect=expect)
 
-    def repair(self, name: str, timeouts: Timeouts, *, dry_run: bool, observer: Observer) -> RepairResult:
+    def repair(
+        self,
+        name: str,
+        timeouts: Timeouts,
+        *,
+        dry_run: bool,
+        observer: Observer,
+        expect: Mapping[str, object] | None = None,
+    ) -> RepairResult:
         """Place a deployment's lost ranks again (see `op_repair.repair`)."""
-        return op_repair.repair(self.ports, name, timeouts, dry_run=dry_run, observer=observer)
+        return op_repair.repair(self.ports, name, timeouts, dry_run=dry_run, observer=observer, expect=expect)
 
     def down(self, name: str, *, force: bool) -> DownResult:
         """Remove everything a deployment owns (see `op_down.down`)."""
