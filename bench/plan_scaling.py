@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dpctl_ray.planner import Node, Placement, PlanRequest, plan  # noqa: E402
-from dpctl_ray.planner.document import plan_json  # noqa: E402
+from dpctl_ray.planner.plan_text import plan_json  # noqa: E402
 
 DEFAULT_SEED = ROOT.parent / "shared" / "bench" / "seed_planner.py"
 SIZES = (64, 256, 1024, 4096, 16384)

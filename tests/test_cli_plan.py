@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dpctl_ray.planner.document import plan_from_document
+from dpctl_ray.planner.plan_file import plan_from_document
 from tests.conftest import EXAMPLE_INVENTORY, ROOT, Invoke, gpu_nodes
 
 INV = str(EXAMPLE_INVENTORY)

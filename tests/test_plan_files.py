@@ -13,8 +13,9 @@ import yaml
 
 from dpctl_ray.errors import BadInput
 from dpctl_ray.planner import Placement, Plan, PlanRequest, plan
-from dpctl_ray.planner.document import plan_from_document, plan_to_document
+from dpctl_ray.planner.document import plan_to_document
 from dpctl_ray.planner.inventory import nodes_from_document
+from dpctl_ray.planner.plan_file import plan_from_document
 from dpctl_ray.planner.verify import check_fits
 from tests.conftest import ROOT
 

@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dpctl_ray.planner import Infeasible, Node, Placement, Plan, PlanRequest, plan
-from dpctl_ray.planner.document import dumps, plan_from_document, plan_json, plan_to_document
+from dpctl_ray.planner.document import plan_to_document
 from dpctl_ray.planner.model import units
+from dpctl_ray.planner.plan_file import plan_from_document
+from dpctl_ray.planner.plan_text import dumps, plan_json
 from dpctl_ray.planner.verify import check_fits
 from tests.strategies import labelled_requests, requests, roomy_requests
 
@@ -187,7 +189,8 @@ def test_planning_imports_no_effectful_library() -> None:
     code = (
         "import sys\n"
         "from dpctl_ray.planner import Node, Placement, PlanRequest, plan\n"
-        "from dpctl_ray.planner.document import dumps, plan_to_document\n"
+        "from dpctl_ray.planner.document import plan_to_document\n"
+        "from dpctl_ray.planner.plan_text import dumps\n"
         "n = (Node('a', '10.0.0.1', True, {'GPU': 8, 'CPU': 8}, {'GPU': 8, 'CPU': 8}),)\n"
         "dumps(plan_to_document(plan(PlanRequest('x', Placement(dp=2, tp=4), n))))\n"
         "print(sorted(m for m in ('ray', 'zmq', 'rich', 'yaml', 'typer') if m in sys.modules))\n"

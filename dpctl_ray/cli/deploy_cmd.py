@@ -16,7 +16,7 @@ from dpctl_ray.cli.status_cmd import NameArg, print_statuses, show_statuses
 from dpctl_ray.errors import BadInput, ClusterUnreachable
 from dpctl_ray.files import load_document
 from dpctl_ray.launcher import shipping
-from dpctl_ray.planner.document import plan_from_document
+from dpctl_ray.planner.plan_file import plan_from_document
 
 if TYPE_CHECKING:
     from dpctl_ray.launcher.results import DownResult, UpResult

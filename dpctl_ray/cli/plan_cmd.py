@@ -29,8 +29,8 @@ from dpctl_ray.engines.spec import CommandSpec, EngineSpec
 from dpctl_ray.errors import BadInput
 from dpctl_ray.files import dump_yaml, load_document
 from dpctl_ray.planner import Node, Plan, PlanRequest, feasible, plan
-from dpctl_ray.planner.document import dumps, plan_json, plan_yaml
 from dpctl_ray.planner.inventory import nodes_from_document, nodes_to_document
+from dpctl_ray.planner.plan_text import dumps, plan_json, plan_yaml
 
 TABLE_LIMIT = 32
 

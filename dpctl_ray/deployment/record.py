@@ -15,9 +15,10 @@ from typing import Any
 
 from dpctl_ray.engines.spec import EngineSpec, engine_from_document
 from dpctl_ray.errors import BadInput
-from dpctl_ray.planner.document import spec_from_document, spec_to_document
+from dpctl_ray.planner.document import spec_to_document
 from dpctl_ray.planner.labels import LabelMatch
 from dpctl_ray.planner.model import STRATEGY, Placement, Plan, RankPlacement, ResolvedSpec, valid_name
+from dpctl_ray.planner.plan_file import spec_from_document
 from dpctl_ray.values import show
 
 

@@ -9,6 +9,7 @@ from typing import TypeVar
 from dpctl_ray.errors import InfeasibleError
 from dpctl_ray.planner.checks import SpecError, check_spec
 from dpctl_ray.planner.labels import value_of
+from dpctl_ray.planner.ledger import Ledger, Planning, Wanted
 from dpctl_ray.planner.model import (
     Infeasible,
     InfeasibleCode,
@@ -27,8 +28,9 @@ from dpctl_ray.planner.nodes import (
     named_nodes,
     node_order_key,
 )
-from dpctl_ray.planner.ranks import Ledger, Planning, packed_ranks, span_ranks
+from dpctl_ray.planner.ranks import packed_ranks
 from dpctl_ray.planner.scale import ScalePlan, remaining, scale
+from dpctl_ray.planner.span import span_ranks
 from dpctl_ray.values import show
 
 
@@ -108,7 +110,7 @@ def _plan_on(
     placed = _place_span(run, order) if spec.pack == "span" else _place_packed(run, order)
     if isinstance(placed, Infeasible):
         return placed
-    ranks, dp_local = placed
+    ranks, dp_local, run = placed
     if ranks[0].nodes[0] != master.id:
         # span under rank_within or spread: the master's value could not make a whole rank
         if spec.master != "auto":
@@ -194,8 +196,11 @@ def _choose_master(run: Planning, candidates: list[Node]) -> Node | Infeasible:
     return master
 
 
-def _place_packed(run: Planning, order: list[Node]) -> tuple[list[RankPlacement], int] | Infeasible:
-    """Step 3 (strict, fill): whole ranks per node; the master takes dp_local, the others per the mode."""
+def _place_packed(run: Planning, order: list[Node]) -> tuple[list[RankPlacement], int, Planning] | Infeasible:
+    """Step 3 (strict, fill): whole ranks per node; the master takes dp_local, the others per the mode.
+
+    Returns the ranks, dp_local, and the run that placed them (its ledger and skips are the plan's).
+    """
     spec = run.request.spec
     master = order[0]
     master_fits = run.ledger.ranks_fit(master)
@@ -203,53 +208,48 @@ def _place_packed(run: Planning, order: list[Node]) -> tuple[list[RankPlacement]
     if dp_local == 0 or master_fits < dp_local:
         offer = run.ledger.offer(master)
         return run.infeasible(InfeasibleCode.MASTER_CANNOT_FIT, offer, ranks=max(dp_local, 1), master=master)
-    ranks = None
-    if spec.dp_local is None and spec.spread is not None:
-        ranks, dp_local = _even_share(run, order, dp_local, spec.spread)
-    if ranks is None:
-        ranks = packed_ranks(
-            order, master, run.ledger, run.skipped, spec, dp_local, hosted={}, first_rank=0, count=spec.dp
-        )
+    shared = _even_share(run, order, dp_local, spec.spread) if spec.dp_local is None and spec.spread else None
+    if shared is not None:
+        return shared
+    ranks = packed_ranks(run, order, master, dp_local, Wanted(spec.dp))
     if len(ranks) < spec.dp:
         best = run.ledger.best_offer(order)
         return run.infeasible(InfeasibleCode.INSUFFICIENT, best, rank=len(ranks), master=master, dp_local=dp_local)
-    return ranks, dp_local
+    return ranks, dp_local, run
 
 
-def _even_share(run: Planning, order: list[Node], most: int, label: str) -> tuple[list[RankPlacement] | None, int]:
+def _even_share(
+    run: Planning, order: list[Node], most: int, label: str
+) -> tuple[list[RankPlacement], int, Planning] | None:
     """Auto dp_local under spread: the master's even share of dp (dp over the values that can host a rank).
 
     Under strict a smaller dp_local can shut nodes out, so the even share is kept only when its plan is
-    whole and no less even than the plan with the master taking `most`; else (None, most) plans that.
+    whole and no less even than the plan with the master taking `most`. Each is tried on a run of its own
+    (the given run is not touched); None when the even share is not the plan: the master takes `most`.
     """
-    spec = run.request.spec
+    spec = run.spec
     if most <= 1:
-        return None, most
+        return None
     hosting = {value_of(n.labels, label) for n in order if run.ledger.ranks_fit(n) >= 1}
     even = min(most, -(-spec.dp // max(len(hosting), 1)))
     if even == most:
-        return None, most
-    trial, skipped = run.ledger.copy(), list(run.skipped)
-    ranks = packed_ranks(order, order[0], trial, skipped, spec, even, hosted={}, first_rank=0, count=spec.dp)
-    if len(ranks) < spec.dp:
-        return None, most
-    other_ledger, other_skipped = run.ledger.copy(), list(run.skipped)
-    other = packed_ranks(
-        order, order[0], other_ledger, other_skipped, spec, most, hosted={}, first_rank=0, count=spec.dp
-    )
+        return None
+    shared_run, full_run = run.trial(), run.trial()
+    shared = packed_ranks(shared_run, order, order[0], even, Wanted(spec.dp))
+    if len(shared) < spec.dp:
+        return None
+    full = packed_ranks(full_run, order, order[0], most, Wanted(spec.dp))
     labels = {n.id: value_of(n.labels, label) for n in order}
 
     def crowded(placed: list[RankPlacement]) -> int:
         return max(Counter(labels[r.control] for r in placed).values())
 
-    if len(other) == spec.dp and crowded(other) < crowded(ranks):
-        run.ledger, run.skipped = other_ledger, other_skipped
-        return other, most
-    run.ledger, run.skipped = trial, skipped
-    return ranks, even
+    if len(full) == spec.dp and crowded(full) < crowded(shared):
+        return full, most, full_run
+    return shared, even, shared_run
 
 
-def _place_span(run: Planning, order: list[Node]) -> tuple[list[RankPlacement], int] | Infeasible:
+def _place_span(run: Planning, order: list[Node]) -> tuple[list[RankPlacement], int, Planning] | Infeasible:
     """Step 3 (span): a rank takes whole nodes, as many as the master's free devices divide world_size."""
     spec = run.request.spec
     master = order[0]
@@ -263,7 +263,7 @@ def _place_span(run: Planning, order: list[Node]) -> tuple[list[RankPlacement], 
         code = InfeasibleCode.SPAN_UNEVEN
     if code is not None:
         return run.infeasible(code, run.ledger.offer(master), master=master)
-    ranks = span_ranks(order, per_node, spec, run.ledger, run.skipped, first_rank=0, count=spec.dp)
+    ranks = span_ranks(run, order, per_node, Wanted(spec.dp))
     if len(ranks) < spec.dp:
         return run.infeasible(InfeasibleCode.INSUFFICIENT, run.ledger.best_offer(order), rank=len(ranks), master=master)
-    return ranks, 1
+    return ranks, 1, run

@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dpctl_ray.planner.labels import value_of
+from dpctl_ray.planner.ledger import Ledger, Planning, Wanted
 from dpctl_ray.planner.model import Infeasible, InfeasibleCode, Node, Plan, PlanRequest, RankPlacement
 from dpctl_ray.planner.nodes import cluster_fingerprint, filter_nodes, node_order_key
-from dpctl_ray.planner.ranks import Ledger, Planning, span_ranks, spread_counts
+from dpctl_ray.planner.span import span_ranks, spread_counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +196,7 @@ def _place(
         return None
     per_node = old.devices[0]
     fresh = [n for n in order if n.id not in busy]
-    placed = span_ranks(fresh, per_node, spec, ledger, run.skipped, first_rank=old.rank, count=1, spread_counts=counts)
+    placed = span_ranks(run, fresh, per_node, Wanted(1, old.rank, spread_counts=counts))
     if not placed:
         return None
     (rank,) = placed

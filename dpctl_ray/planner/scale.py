@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from dpctl_ray.planner.checks import SpecError
+from dpctl_ray.planner.ledger import Ledger, Planning, Wanted
 from dpctl_ray.planner.model import (
     GRANULARITY,
     Infeasible,
@@ -29,7 +30,8 @@ from dpctl_ray.planner.model import (
     units,
 )
 from dpctl_ray.planner.nodes import cluster_fingerprint, filter_nodes, node_order_key
-from dpctl_ray.planner.ranks import Ledger, Planning, packed_ranks, span_ranks, spread_counts
+from dpctl_ray.planner.ranks import packed_ranks
+from dpctl_ray.planner.span import span_ranks, spread_counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,23 +84,10 @@ def scale(current: Plan, nodes: tuple[Node, ...], dp: int) -> ScalePlan | Infeas
         used = {n for r in current.ranks for n in r.nodes}
         per_node = current.ranks[0].devices[0] if current.ranks else spec.world_size
         fresh = [n for n in order if n.id not in used]
-        added = span_ranks(
-            fresh, per_node, grown, run.ledger, skipped, first_rank=before, count=dp - before, spread_counts=counts
-        )
+        added = span_ranks(run, fresh, per_node, Wanted(dp - before, before, spread_counts=counts))
     else:
         hosted = Counter(r.control for r in current.ranks)
-        added = packed_ranks(
-            order,
-            master,
-            run.ledger,
-            skipped,
-            grown,
-            spec.dp_local,
-            hosted=hosted,
-            first_rank=before,
-            count=dp - before,
-            spread_counts=counts,
-        )
+        added = packed_ranks(run, order, master, spec.dp_local, Wanted(dp - before, before, hosted, counts))
     if len(added) < dp - before:
         if not order:
             return run.infeasible(InfeasibleCode.NO_NODES, None, rank=before)
