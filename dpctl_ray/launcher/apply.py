@@ -23,22 +23,21 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, RuntimeEnvSetupError
 
 from dpctl_ray.config import Timeouts
-from dpctl_ray.engines.base import EngineContext
-from dpctl_ray.engines.processes import Command, Granted, HostKey, commands, process_slots
+from dpctl_ray.engines.processes import HostKey
 from dpctl_ray.engines.protocol import Frame, Phase
-from dpctl_ray.engines.spec import CommandSpec, EngineSpec
-from dpctl_ray.engines.work import EngineWork, HostInfo, ProcessWork, Work
-from dpctl_ray.errors import DpctlError, InfeasibleError, Interrupted, LaunchFailed, TimedOut
+from dpctl_ray.engines.spec import EngineSpec
+from dpctl_ray.engines.work import HostInfo
+from dpctl_ray.errors import DpctlError, LaunchFailed, TimedOut
+from dpctl_ray.launcher import launch_failures as failed
 from dpctl_ray.launcher import objects
 from dpctl_ray.launcher.progress import LaunchObserver, LaunchResult, RankPhase, RankProgress
 from dpctl_ray.launcher.stream import ReadinessStream
+from dpctl_ray.launcher.units import Unit, units, work
 from dpctl_ray.planner.model import Plan, RankPlacement
-from dpctl_ray.values import one_line
 
 POLL_MS = 20
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 GROUP_CHECK_SECONDS = 0.5
-FAILED_HINT = "fix the engine or its config; everything this launch created was removed"
 
 
 @dataclass(slots=True)
@@ -48,17 +47,6 @@ class Created:
     groups: list[Any] = field(default_factory=list)
     actors: list[Any] = field(default_factory=list)
     started: list[Any] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Unit:
-    """One unit of work: what it needs placed first, where it runs, and the ranks it serves."""
-
-    host: HostKey
-    needs: frozenset[HostKey]
-    ranks: tuple[int, ...]
-    headless: bool = False
-    work: Work | None = None
 
 
 class Launch:
@@ -121,7 +109,7 @@ class Launch:
                 with _no_interrupts():
                     self._undo()
             if isinstance(exc, KeyboardInterrupt):
-                raise Interrupted("interrupted: removed the placement groups and engines this launch created") from None
+                raise failed.interrupted() from None
             if isinstance(exc, DpctlError) and keep_on_failure:
                 exc.hint = "kept what was created for debugging (--keep-on-failure); `dpctl down` removes it"
             raise
@@ -173,73 +161,14 @@ class Launch:
             for k, _ in enumerate(rank.nodes):
                 host = objects.find_host(plan.name, rank, k, self.stems.get(rank.rank, ""))
                 if host is None:
-                    raise LaunchFailed(
-                        f"rank {rank.rank}: its engine host on node {k} is gone",
-                        hint=f"`dpctl status {plan.name}` shows its ranks; `dpctl repair` replaces lost ones",
-                        code="host_gone",
-                    )
+                    raise failed.host_gone(plan.name, rank.rank, k)
                 self.hosts[(rank.rank, k)] = host
         return groups
-
-    def _units(self) -> list[Unit]:
-        """The work to start: a process per slot of a command engine, else a rank's engine on its control host."""
-        if isinstance(self.engine, CommandSpec):
-            units = []
-            for slot in process_slots(self.plan, self.engine):
-                if not set(slot.ranks) & self.ranks.keys():
-                    continue
-                needs = {slot.host} | {(r, self.ranks[r].nodes.index(slot.node)) for r in slot.ranks}
-                units.append(Unit(slot.host, frozenset(needs), slot.ranks, headless=not slot.api))
-            return units
-        return [
-            Unit((r.rank, r.nodes.index(r.control)), frozenset((r.rank, k) for k in range(len(r.nodes))), (r.rank,))
-            for r in self.ranks.values()
-        ]
-
-    def _work(self, unit: Unit) -> Work:
-        """A unit's work, rendered from the plan and what its hosts reported."""
-        plan = self.plan
-        if isinstance(self.engine, CommandSpec):
-            granted = Granted(
-                {key: info.devices for key, info in self.infos.items()},
-                {key: info.port for key, info in self.infos.items()},
-                {**self.node_ips, **{info.node: info.ip for info in self.infos.values()}},
-            )
-            (command,) = [
-                c
-                for c in commands(plan, self.engine, granted, self.master_port, set(unit.ranks))
-                if c.slot.host == unit.host
-            ]
-            return _process_work(self.engine, command, plan.spec.dp)
-        rank = self.ranks[unit.ranks[0]]
-        host = self.infos[unit.host]
-        infos = [self.infos[(rank.rank, k)] for k in range(len(rank.nodes))]
-        rank0 = next((r for r in plan.ranks if r.rank == 0), rank)
-        ctx = EngineContext(
-            deployment=plan.name,
-            rank=rank.rank,
-            local_rank=rank.local_rank,
-            dp=plan.spec.dp,
-            dp_local=plan.spec.dp_local,
-            world_size=plan.spec.world_size,
-            device=plan.spec.device,
-            devices=tuple(d for info in infos for d in info.devices),
-            device_ips=tuple(info.ip for info in infos for _ in info.devices),
-            node_id=host.node,
-            node_ip=host.ip,
-            master_ip=self.node_ips.get(rank0.nodes[0], ""),
-            master_port=self.master_port,
-            port=host.port,
-            tp=plan.spec.tp,
-            pp=plan.spec.pp,
-            workers=tuple(w for info in infos for w in info.workers),
-        )
-        return EngineWork(self.engine, ctx)  # type: ignore[arg-type]
 
     def _wait(self, stream: ReadinessStream | None, groups: dict[Any, int], started: float) -> None:
         placing = dict(groups)
         informing = {host.info.remote(): key for key, host in self.hosts.items()}
-        waiting = self._units()
+        waiting = units(self.plan, self.engine, self.ranks)
         starting: dict[Any, Unit] = {}
         exits: dict[Any, Unit] = {}
         done: list[Unit] = []
@@ -271,7 +200,7 @@ class Launch:
                 self.infos[key] = self._info(ref, key, started)
             for unit in [u for u in waiting if u.needs.issubset(self.infos)]:
                 waiting.remove(unit)
-                unit.work = self._work(unit)
+                unit.work = work(unit, self.plan, self.engine, self.ranks, self.infos, self.node_ips, self.master_port)
                 host = self.hosts[unit.host]
                 starting[host.start.remote(unit.work, self.stream_address, self.token)] = unit
                 self.serving[unit.host[0]] = unit.ranks
@@ -298,20 +227,13 @@ class Launch:
         try:
             info: HostInfo = ray.get(ref, timeout=10)
         except RuntimeEnvSetupError as exc:
-            message = runtime_env_failure(exc)
+            message = failed.runtime_env_failure(exc)
             self._set(rank, RankPhase.FAILED, started, message)
-            raise LaunchFailed(
-                f"rank {rank}: Ray could not set up its runtime_env on the node: {message}",
-                hint="check cluster.runtime_env (a pip requirement must install on every node); "
-                "everything this launch created was removed",
-                code="runtime_env_failed",
-            ) from None
+            raise failed.runtime_env(rank, message) from None
         except (RayActorError, RayTaskError) as exc:
-            message = failure(exc)
+            message = failed.failure(exc)
             self._set(rank, RankPhase.FAILED, started, message)
-            raise LaunchFailed(
-                f"rank {rank} failed to start: {message}", hint=FAILED_HINT, code="engine_failed"
-            ) from None
+            raise failed.rank((rank,), message) from None
         if not info.streaming:
             self.unstreamed.add(info.ip)
         progress = self.progress[rank]
@@ -328,32 +250,21 @@ class Launch:
         try:
             ray.get(ref, timeout=10)
         except (RayActorError, RayTaskError) as exc:
-            message = failure(exc)
+            message = failed.failure(exc)
             for rank in unit.ranks:
                 self._set(rank, RankPhase.FAILED, started, message)
-            ranks = ", ".join(map(str, unit.ranks))
-            raise LaunchFailed(
-                f"rank{'s' if len(unit.ranks) > 1 else ''} {ranks} failed to start: {message}",
-                hint=FAILED_HINT,
-                code="engine_failed",
-            ) from None
+            raise failed.rank(unit.ranks, message) from None
         except GetTimeoutError:  # ready, but the answer is slow to arrive: it will be there
             return
 
     def _exited(self, unit: Unit, code: int) -> LaunchFailed:
-        ranks = ", ".join(map(str, unit.ranks))
         node = self.infos[unit.host].ip if unit.host in self.infos else "?"
         detail = ""
         with contextlib.suppress(Exception):
             detail = ray.get(self.hosts[unit.host].health.remote(), timeout=5).detail
         for rank in unit.ranks:
             self._set(rank, RankPhase.FAILED, time.monotonic(), f"exited with code {code}")
-        return LaunchFailed(
-            f"the headless process of ranks {ranks} on {node} exited with code {code} before the group was ready"
-            + (f": {detail}" if detail else ""),
-            hint=FAILED_HINT,
-            code="engine_failed",
-        )
+        return failed.headless_exited(unit.ranks, node, code, detail)
 
     def _ready(self, rank: int, started: float) -> None:
         progress = self.progress[rank]
@@ -377,7 +288,7 @@ class Launch:
             progress.ip = frame.ip
         if frame.phase is Phase.FAILED:
             self._set(rank, RankPhase.FAILED, started, frame.message)
-            raise LaunchFailed(f"rank {rank} failed to start: {frame.message}", hint=FAILED_HINT, code="engine_failed")
+            raise failed.rank((rank,), frame.message)
         if frame.phase is Phase.READY:
             progress.latency = max(time.time() - frame.ts, 0.0)
             if self.engine.coupling != "group":
@@ -405,42 +316,13 @@ class Launch:
         for rank in sorted(ranks):
             group = next(g for g, r in zip(self.created.groups, self.create, strict=True) if r.rank == rank)
             if objects.group_infeasible(group):
-                placement = self.ranks[rank]
-                where = ", ".join(
-                    f"{self.node_ips.get(n, n)} ({c} {self.plan.spec.device})"
-                    for n, c in zip(placement.nodes, placement.devices, strict=True)
-                )
-                raise InfeasibleError(
-                    f"rank {rank}: Ray cannot place its group on {where} + {self.plan.spec.cpus:g} CPU: "
-                    "the node is gone or lacks the resources now",
-                    hint="the cluster changed since planning; run `dpctl plan` to see what fits now",
-                    code="group_infeasible",
-                )
+                raise failed.group_infeasible(self.ranks[rank], self.plan.spec, self.node_ips)
 
     def _placement_timeout(self, ranks: set[int]) -> TimedOut:
-        listed = ", ".join(str(r) for r in sorted(ranks))
-        return TimedOut(
-            f"placement timed out after {self.timeouts.placement:g}s: ranks {listed} still wait for resources "
-            "(another job holds them, or a node is busy)",
-            hint="raise timeouts.placement, or free the devices; everything this launch created was removed",
-            code="placement_timeout",
-        )
+        return failed.placement_timeout(ranks, self.timeouts.placement)
 
     def _ready_timeout(self, ranks: set[int]) -> TimedOut:
-        parts = []
-        for rank in sorted(ranks):
-            p = self.progress[rank]
-            phase = p.phase.value + (f" {p.progress:.0%}" if p.phase is RankPhase.LOADING and p.progress else "")
-            parts.append(f"{rank} ({phase})")
-        return TimedOut(
-            f"engines not ready after {self.timeouts.ready:g}s: ranks {', '.join(parts)}",
-            hint="raise timeouts.ready if loading is just slow; everything this launch created was removed",
-            code="ready_timeout",
-        )
-
-
-def _process_work(spec: CommandSpec, command: Command, dp: int) -> ProcessWork:
-    return ProcessWork(spec, command.slot.ranks, command.argv, command.env, command.unset, command.ready, dp)
+        return failed.ready_timeout([self.progress[r] for r in sorted(ranks)], self.timeouts.ready)
 
 
 def _ready(refs: dict[Any, Any]) -> list[Any]:
@@ -458,33 +340,6 @@ def bind_ip() -> str | None:
         return str(ray.util.get_node_ip_address())
     except Exception:  # noqa: BLE001 - no address: readiness falls back to Ray's own signals
         return None
-
-
-def runtime_env_failure(exc: RuntimeEnvSetupError) -> str:
-    """The line of Ray's runtime_env error that says what failed (its last, after pip's or Ray's traceback)."""
-    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
-    return one_line(lines[-1], 400) if lines else "Ray gave no reason"
-
-
-def failure(exc: RayActorError | RayTaskError) -> str:
-    """The engine's own words from a failed call or a dead actor: the exception it raised, when that is what happened.
-
-    A task error carries the exception itself; a dead actor only text that ends with the traceback's last
-    line, `Type: message`. An EngineError is shown as its message alone, anything else with its type.
-    """
-    cause = getattr(exc, "cause", None)
-    if isinstance(exc, RayTaskError) and cause is not None and not isinstance(cause, RayTaskError):
-        return str(cause) if type(cause).__name__ == "EngineError" else f"{type(cause).__name__}: {cause}"
-    lines = _ANSI.sub("", str(exc)).strip().splitlines()
-    if not lines:
-        return "its engine actor died"
-    if isinstance(exc, RayActorError) and not exc.actor_init_failed:
-        return " ".join(line.strip() for line in lines if line.strip())
-    last = lines[-1].strip()
-    kind, sep, message = last.partition(": ")
-    if sep and kind.rsplit(".", 1)[-1] == "EngineError":
-        return message
-    return last
 
 
 @contextlib.contextmanager
